@@ -1,0 +1,69 @@
+"""Shared helpers for benchmark scripts: machine description and writing results.
+
+Each benchmark writes ``benchmarks/results/<name>.json`` and replaces its own section of
+``docs/benchmarks.md`` (between ``<!-- BEGIN name -->`` and ``<!-- END name -->``), so several
+benchmarks share one page without overwriting each other.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def machine() -> dict:
+    """Where and when the numbers were measured."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "date": _dt.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": dev,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_results(name: str, payload: dict, markdown: str) -> None:
+    """Save ``payload`` as JSON and put ``markdown`` into the ``name`` section of docs/benchmarks.md."""
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`; each section says the machine and date.\n"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table of ``rows`` (dicts) restricted to ``columns``; floats to 2-4 significant places."""
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.2f}" if abs(v) >= 1 else f"{v:.4f}"
+        return str(v)
+
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "\n".join("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows)
