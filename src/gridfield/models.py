@@ -12,21 +12,18 @@ from gridfield.grids.base import Grid
 def grid_classes() -> dict[str, type[Grid]]:
     """Grid models by CLI name (imported lazily so that the registry costs nothing at import)."""
     from gridfield.grids.dense import DenseGrid
+    from gridfield.grids.hash import HashGrid
+    from gridfield.grids.mulfagrid import MulFAGrid
+    from gridfield.grids.planes import PlaneGrid
 
-    classes: dict[str, type[Grid]] = {"dense": DenseGrid}
-    try:
-        from gridfield.grids.hash import HashGrid
+    return {"dense": DenseGrid, "hash": HashGrid, "planes": PlaneGrid, "mulfagrid": MulFAGrid}
 
-        classes["hash"] = HashGrid
-    except ImportError:  # pragma: no cover - while the module is being written
-        pass
-    try:
-        from gridfield.grids.planes import PlaneGrid
 
-        classes["planes"] = PlaneGrid
-    except ImportError:  # pragma: no cover
-        pass
-    return classes
+def reference_classes() -> dict[str, Any]:
+    """Non-grid reference models (Fourier-feature MLP, MFN) by name; ``build_field`` checks these first."""
+    from gridfield.fields.references import reference_classes as refs
+
+    return refs()
 
 
 def make_grid(name: str, dim: int, **kwargs: Any) -> Grid:
@@ -39,7 +36,14 @@ def make_grid(name: str, dim: int, **kwargs: Any) -> Grid:
 
 def build_field(model: str, in_dim: int, out_dim: int, decoder: str = "linear",
                 decoder_kwargs: dict[str, Any] | None = None, **grid_kwargs: Any) -> Field:
-    """Grid ``model`` followed by decoder ``decoder`` (``identity``, ``linear``, ``mlp``)."""
+    """Grid ``model`` followed by decoder ``decoder`` (``identity``, ``linear``, ``mlp``).
+
+    A reference model (``reference_classes()``: no grid, no decoder) is built as
+    ``cls(in_dim, out_dim, **grid_kwargs)``; ``decoder`` is ignored for it.
+    """
+    refs = reference_classes()
+    if model in refs:
+        return refs[model](in_dim, out_dim, **grid_kwargs)
     grid = make_grid(model, in_dim, **grid_kwargs)
     dec = make_decoder(decoder, grid.out_dim, out_dim, **(decoder_kwargs or {}))
     return Field(grid, dec)

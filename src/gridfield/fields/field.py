@@ -35,10 +35,14 @@ class Field(nn.Module):
 
     @property
     def linear_in_grid(self) -> bool:
-        """True when the output is linear in the grid features and nothing else is trained.
+        """True when the GTK cannot change during training, so ``G(t) = G(0)`` exactly (Theorem 2).
 
-        Then ``G(t) = G(0)`` exactly (Theorem 2). An MLP decoder, a product factorization or a kernel
-        trained jointly (a trainable ``kernel_parameters()``) make it False.
+        That needs an output linear in the grid features with everything else fixed: a grid with a sum
+        aggregation, no trainable kernel parameters, and an identity or frozen linear decoder. A
+        trained linear decoder ``A`` changes the GTK (it contains ``A^T A``); an MLP decoder, a product
+        factorization or a jointly trained kernel make it False too.
         """
         trained_kernel = any(p.requires_grad for p in self.grid.kernel_parameters().values())
-        return self.grid.linear_in_features and getattr(self.decoder, "linear", False) and not trained_kernel
+        trained_decoder = any(p.requires_grad for p in self.decoder.parameters())
+        return (self.grid.linear_in_features and getattr(self.decoder, "linear", False)
+                and not trained_kernel and not trained_decoder)

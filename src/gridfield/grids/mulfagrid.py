@@ -1,0 +1,169 @@
+"""MulFAGrid (Multiplicative Fourier Adaptive Grid): a grid layout with a learned kernel network.
+
+The layout (dense 2D/3D, one or several resolutions, or factor planes) supplies ``U(x)`` and the
+vertex positions; a :class:`~gridfield.grids.mulfa_kernel.MulFAKernel` per support term supplies
+``phi_raw(x, v)``; the two forms normalize it over the ``K`` activated vertices:
+
+* ``"paper"``:  ``phi = raw / S``, ``S = sum_v' raw(x, v')``. ``S`` can vanish or change sign, so it is
+  replaced by ``sign(S) * max(|S|, paper_eps)`` (``sign(0) = +1``): weights stay finite (at most
+  ``|raw| / paper_eps``) and no gradient flows through a clamped ``S``. Vertices off a shared face keep
+  non-zero weight, so the field is **discontinuous across cell faces**.
+* ``"stable"``: ``phi = s * h / sum_v' s' h'`` with ``s = softplus(raw) + floor`` and ``h`` the
+  layout's n-linear hat weight: positive, sums to 1 (the denominator is at least ``floor``, because the
+  hat weights sum to 1), continuous across faces (off-face vertices have ``h = 0``), and exactly
+  n-linear interpolation when the raw kernel does not depend on the vertex. ``raw`` is clamped to
+  ``[-1e4, 1e4]`` before the softplus so adversarial parameters cannot overflow.
+
+Grid features live in the layout's table(s) (``features``; ``grid_parameters()``); kernel parameters
+are ``kernels.<term>.*`` (``kernel_parameters()``), trained with their own learning rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gridfield.grids.base import Grid, Support, check_points, interpolate
+from gridfield.grids.dense import DenseGrid
+from gridfield.grids.mulfa_kernel import MulFAKernel
+
+FORMS = ("paper", "stable")
+#: Per-form output-layer initialisation (docs/mulfagrid.md, "Parameters, initialisation").
+FORM_DEFAULTS: dict[str, dict[str, float]] = {
+    "stable": {"out_scale": 1.0, "out_bias": 0.0},
+    "paper": {"out_scale": 1.0, "out_bias": 1.0},
+}
+
+
+def lattice_terms(layout: Grid) -> list[tuple[int, tuple[int, ...], int]]:
+    """``(resolution, axes, row offset)`` of each term of ``layout.support`` (same order).
+
+    Supported layouts: :class:`DenseGrid` and ``PlaneGrid``; anything else raises ``ValueError``.
+    """
+    if isinstance(layout, DenseGrid):
+        axes = tuple(range(layout.in_dim))
+        return [(r, axes, off) for r, off in zip(layout.resolutions, layout.offsets)]
+    try:
+        from gridfield.grids.planes import PlaneGrid
+    except ImportError:  # pragma: no cover - planes module absent
+        PlaneGrid = ()  # type: ignore[assignment]  # noqa: N806
+    if PlaneGrid and isinstance(layout, PlaneGrid):
+        return [(r, tuple(a), layout.offsets[lv][p]) for lv, r in enumerate(layout.resolutions)
+                for p, a in enumerate(layout.axes)]
+    raise ValueError(f"MulFAGrid cannot wrap a {type(layout).__name__} layout; "
+                     "use a DenseGrid or a PlaneGrid (or layout='dense' / 'planes')")
+
+
+def make_layout(layout: str | Grid, dim: int, resolutions: int | Sequence[int], features_per_level: int,
+                **kwargs: Any) -> Grid:
+    """A layout instance from a name (``"dense"``, ``"planes"``) or the instance itself."""
+    if isinstance(layout, Grid):
+        return layout
+    if layout == "dense":
+        return DenseGrid(dim, resolutions, features_per_level, **kwargs)
+    if layout == "planes":
+        from gridfield.grids.planes import PlaneGrid
+
+        return PlaneGrid(dim, resolutions, features_per_level, impl="reference", **kwargs)
+    raise ValueError(f"unknown MulFAGrid layout {layout!r}; choose 'dense' or 'planes' (or pass a Grid)")
+
+
+class MulFAGrid(Grid):
+    """A layout's ``U(x)`` and features with learned, normalized MFN kernel weights.
+
+    Args:
+        dim: input dimension (2 or 3; dense also accepts 1).
+        resolutions, features_per_level: passed to the layout.
+        layout: ``"dense"``, ``"planes"`` or a ``DenseGrid`` / ``PlaneGrid`` instance (its table becomes
+            this grid's ``features``).
+        form: ``"stable"`` (default) or ``"paper"`` (see the module docstring).
+        frequencies, width, layers, filter_scale, out_scale, out_bias: the kernel network
+            (:class:`MulFAKernel`); ``out_scale``/``out_bias`` default per form (``FORM_DEFAULTS``).
+        paper_eps: the paper form's denominator clamp; floor: the stable form's kernel floor.
+        layout_kwargs: extra layout arguments (``init_scale`` for dense, ``aggregate``/``init`` for planes).
+
+    forward: ``[N, dim]`` -> ``[N, out_dim]`` (the layout's), differentiable in ``x``, the features
+    and the kernel parameters. Example: ``MulFAGrid(2, [64, 128], 4, form="stable")(x)`` -> ``[N, 8]``.
+    """
+
+    def __init__(self, dim: int, resolutions: int | Sequence[int] = 64, features_per_level: int = 2,
+                 layout: str | Grid = "dense", form: Literal["paper", "stable"] = "stable",
+                 frequencies: int = 4, width: int = 16, layers: int = 3, filter_scale: float = 0.5,
+                 out_scale: float | None = None, out_bias: float | None = None,
+                 paper_eps: float = 1e-3, floor: float = 1e-6, **layout_kwargs: Any) -> None:
+        super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"unknown MulFAGrid form {form!r}; choose one of {FORMS}")
+        if paper_eps <= 0 or floor <= 0:
+            raise ValueError(f"MulFAGrid needs paper_eps > 0 and floor > 0, got {paper_eps}, {floor}")
+        lay = make_layout(layout, dim, resolutions, features_per_level, **layout_kwargs)
+        if lay.in_dim != dim:
+            raise ValueError(f"MulFAGrid(dim={dim}) got a layout with in_dim {lay.in_dim}")
+        self.lattices = lattice_terms(lay)
+        object.__setattr__(self, "layout", lay)  # not a submodule: its tables are re-registered below
+        self.grid_param_names = tuple(lay.grid_param_names)
+        for name in self.grid_param_names:
+            setattr(self, name, getattr(lay, name))
+        self.in_dim, self.out_dim, self.aggregate = dim, lay.out_dim, lay.aggregate
+        self.form, self.paper_eps, self.floor = form, paper_eps, floor
+        kw = dict(FORM_DEFAULTS[form])
+        kw.update({k: v for k, v in (("out_scale", out_scale), ("out_bias", out_bias)) if v is not None})
+        self.kernels = nn.ModuleList(
+            MulFAKernel(len(axes), r, frequencies, width, layers, filter_scale, **kw)
+            for r, axes, _ in self.lattices)
+
+    def normalize(self, raw: Tensor, hat: Tensor) -> Tensor:
+        """Kernel weights ``[N, K]`` from raw kernels and hat weights ``[N, K]`` (this grid's form)."""
+        if self.form == "paper":
+            return raw / safe_denominator(raw.sum(-1, keepdim=True), self.paper_eps)
+        s = (F.softplus(raw.clamp(-1e4, 1e4)) + self.floor) * hat
+        return s / s.sum(-1, keepdim=True)
+
+    def raw_kernels(self, x: Tensor, index: Tensor, term: int) -> Tensor:
+        """Raw kernel ``[N, K]`` of support term ``term`` at points ``x`` and its activated rows ``index``."""
+        r, axes, off = self.lattices[term]
+        xs = x[:, list(axes)]
+        u = ((xs + 1) * (0.5 * (r - 1))).clamp(0, r - 1)  # grid units, [N, a]
+        local = index - off
+        coords = torch.stack([torch.div(local, r**j, rounding_mode="floor") % r for j in range(len(axes))], -1)
+        v_hat = coords.to(x.dtype) * (2.0 / (r - 1)) - 1  # [N, K, a]
+        return self.kernels[term](u, v_hat)
+
+    def support(self, x: Tensor) -> list[Support]:
+        """The layout's terms with ``weight`` replaced by the normalized kernel (``[N, K]`` each).
+
+        Weights are differentiable in ``x`` and the kernel parameters. For a product layout ``scale``
+        is recomputed from the new weights (product of the other factors of the same resolution).
+        """
+        check_points(x, self.in_dim, type(self).__name__)
+        terms = self.layout.support(x)
+        if len(terms) != len(self.lattices) or any(t.index.shape[1] == 0 for t in terms):
+            raise RuntimeError(f"MulFAGrid: layout returned {len(terms)} terms, expected {len(self.lattices)} "
+                               "with at least one vertex each")
+        out = [replace(t, weight=self.normalize(self.raw_kernels(x, t.index, i), t.weight), scale=None)
+               for i, t in enumerate(terms)]
+        return _product_scales(self, out) if self.aggregate == "product" else out
+
+
+def safe_denominator(s: Tensor, eps: float) -> Tensor:
+    """``sign(s) * max(|s|, eps)`` with ``sign(0) = +1``: never zero, sign preserved."""
+    sign = torch.where(s < 0, -1.0, 1.0).to(s.dtype)
+    return torch.where(s.abs() < eps, sign * eps, s)
+
+
+def _product_scales(grid: Grid, terms: list[Support]) -> list[Support]:
+    """Set each term's ``scale`` to the product of the other terms' values on the same channels."""
+    vals = [interpolate(getattr(grid, t.param), t.index, t.weight) for t in terms]
+    out = []
+    for i, t in enumerate(terms):
+        others = [v for j, (s, v) in enumerate(zip(terms, vals)) if j != i and s.channels == t.channels]
+        scale = others[0]
+        for v in others[1:]:
+            scale = scale * v
+        out.append(replace(t, scale=scale))
+    return out
