@@ -14,6 +14,7 @@ from gridfield.errors import InputError
 # name -> (module, config class, run function)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "image": ("gridfield.tasks.image", "ImageConfig", "run"),
+    "image-render": ("gridfield.tasks.image", "RenderConfig", "run_render"),
 }
 
 
@@ -25,6 +26,44 @@ def _load() -> dict[str, tuple[type, object]]:
     return table
 
 
+class _ParseError(Exception):
+    """A command-line parsing error, already reduced to one line."""
+
+
+def _parse(tyro, configs: dict[str, type], args: list[str]):
+    """Parse with tyro; its (boxed, multi-line) error report becomes one :class:`_ParseError` line."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            return tyro.extras.subcommand_cli_from_dict(
+                configs, args=args, prog="gridfield",
+                description="Grid-based neural fields: fitting tasks and grid tangent kernel analyses.",
+            )
+    except SystemExit as e:
+        if not e.code:  # --help and friends: show what tyro wrote and exit normally
+            sys.stderr.write(buf.getvalue())
+            raise
+        raise _ParseError(_one_line(buf.getvalue()) or f"invalid arguments {args}") from None
+
+
+def _one_line(report: str) -> str:
+    """``Title: body`` from tyro's box (body up to its first rule), whitespace collapsed."""
+    lines = [ln.strip().strip("│╭╮╰╯").strip() for ln in report.strip().splitlines()]
+    title = lines[0].strip("─ ").strip() if lines else ""
+    body = []
+    for ln in lines[1:]:
+        if ln and set(ln) <= set("─ "):
+            break
+        body.append(ln)
+    text = " ".join(" ".join(body).split())
+    if title and title.lower() not in text.lower():
+        text = f"{title.lower()}: {text}" if text else title
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Bad input prints ``error: ...`` on one line and returns exit status 2."""
     import tyro
@@ -33,15 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args:  # the main job runs with no arguments: default to the image task
         args = ["image"]
-    cfg = tyro.extras.subcommand_cli_from_dict(
-        {name: cls for name, (cls, _) in table.items()}, args=args, prog="gridfield",
-        description="Grid-based neural fields: fitting tasks and grid tangent kernel analyses.",
-    )
+    try:
+        cfg = _parse(tyro, {name: cls for name, (cls, _) in table.items()}, args)
+    except _ParseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run = next(fn for cls, fn in table.values() if isinstance(cfg, cls))
     try:
         run(cfg)
     except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + str(e).replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,0 +1,101 @@
+"""Reusable pieces of the task loops: Adam with two learning rates, the schedule, hooks, seeding.
+
+The loops themselves stay in each task (``tasks/image.py`` ...), small and explicit; these helpers
+keep them identical where they should be. :func:`write_dir_atomically` gives every task's CLI the
+"nothing half-written" guarantee (outputs appear all at once, or not at all).
+
+Hooks (gsplat style): a hook is either a callable ``hook(step, field, loss)`` run after the optimizer
+step, or an object with optional methods ``step_pre_backward(step, field, loss)`` and
+``step_post_backward(step, field, loss)`` (after ``loss.backward()``, before the optimizer step,
+so it can read or edit gradients).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def make_optimizer(field: nn.Module, lr_grid: float, lr_other: float) -> torch.optim.Adam:
+    """Adam with ``lr_grid`` for grid features (``field.grid_parameters()``) and ``lr_other`` for the rest.
+
+    ``betas = (0.9, 0.99)``, ``eps = 1e-15`` (Instant-NGP's settings; a tiny eps keeps untouched
+    grid rows, whose gradients are exactly zero, unchanged). Empty groups are dropped.
+    """
+    grid = [p for p in field.grid_parameters().values() if p.requires_grad]
+    other = [p for p in field.other_parameters().values() if p.requires_grad]
+    groups = [{"params": ps, "lr": lr, "name": n} for n, ps, lr in
+              (("grid", grid, lr_grid), ("other", other, lr_other)) if ps]
+    if not groups:
+        raise ValueError("the field has no trainable parameters")
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+
+def cosine_factor(step: int, steps: int, final: float = 0.01, warmup: int = 0) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to ``final``.
+
+    ``step`` counts from 0; the factor is 1 right after warm-up and ``final`` at ``step = steps - 1``.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - 1 - warmup)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, steps: int, final: float = 0.01, warmup: int = 0):
+    """``LambdaLR`` applying :func:`cosine_factor` to every parameter group."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, steps, final, warmup))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch; return a CPU generator for the loop's own sampling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def call_hooks(hooks: Sequence[Any] | None, stage: str, step: int, field: nn.Module, loss) -> None:
+    """Run the hooks of ``stage`` (``step_pre_backward``, ``step_post_backward`` or ``step_end``)."""
+    for h in hooks or ():
+        if stage == "step_end" and callable(h) and not hasattr(h, "step_post_backward"):
+            h(step, field, loss)
+        elif hasattr(h, stage):
+            getattr(h, stage)(step, field, loss)
+
+
+def write_dir_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a fresh temporary directory beside ``out``, then swap it into place.
+
+    On any error the temporary directory (and any parent folders created for it) is removed and
+    ``out`` is left as it was: a task never leaves a half-written output folder.
+    """
+    out = Path(out).absolute()
+    created = [p for p in reversed(out.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "d")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in reversed(created):
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
