@@ -15,6 +15,10 @@ from gridfield.errors import InputError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "image": ("gridfield.tasks.image", "ImageConfig", "run"),
     "image-render": ("gridfield.tasks.image", "RenderConfig", "run_render"),
+    "gtk-spectra": ("gridfield.gtk.analysis_spectra", "SpectraConfig", "run"),
+    "gtk-bound-map": ("gridfield.gtk.analysis_bound_map", "BoundMapConfig", "run"),
+    "gtk-error-maps": ("gridfield.gtk.analysis_errors", "ErrorMapsConfig", "run"),
+    "gtk-theory": ("gridfield.gtk.analysis_theory", "TheoryConfig", "run"),
 }
 
 

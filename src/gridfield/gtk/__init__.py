@@ -1,0 +1,26 @@
+"""The grid tangent kernel (GTK) toolkit: exact, sparse and matrix-free kernels, spectra, the bound,
+training-dynamics prediction (Theorem 1) and drift (Theorem 2). See ``docs/gtk.md``.
+
+Importing this package does no work; the analyses (``gridfield gtk-*``) live in ``gridfield.gtk.analysis_*``.
+"""
+
+from gridfield.gtk.bound import Bound, bound, conjugate_gradient
+from gridfield.gtk.drift import DriftTrace, drift
+from gridfield.gtk.dynamics import Dynamics, frequency_energy, predict_dynamics
+from gridfield.gtk.engine import GTK, gtk
+from gridfield.gtk.operator import GTKOperator
+from gridfield.gtk.spectra import (
+    FourierSpectrum,
+    Spectrum,
+    condition_number,
+    effective_rank,
+    eigenspectrum,
+    fourier_spectrum,
+    offset_sums,
+)
+
+__all__ = [
+    "GTK", "GTKOperator", "Bound", "DriftTrace", "Dynamics", "FourierSpectrum", "Spectrum",
+    "gtk", "bound", "conjugate_gradient", "drift", "predict_dynamics", "frequency_energy",
+    "eigenspectrum", "fourier_spectrum", "offset_sums", "condition_number", "effective_rank",
+]

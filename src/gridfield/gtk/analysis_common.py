@@ -1,0 +1,145 @@
+"""Shared pieces of the GTK analyses (``gridfield gtk-*``): the model line-up, colours, lattices, output.
+
+Every analysis builds the same small models (comparable sizes, one colour each, kept across figures)
+and writes PNG figures plus one JSON of the numbers into its output folder.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gridfield.errors import InputError
+
+# Small line-up used by the analyses: resolutions 8..32 (about the same number of grid rows each).
+ANALYSIS_MODELS: dict[str, dict[str, Any]] = {
+    "dense": dict(model="dense", resolutions=[8, 16, 32], features_per_level=2),
+    "hash": dict(model="hash", n_levels=3, features_per_level=2, log2_hashmap_size=8, base_resolution=8),
+    "planes": dict(model="planes", resolutions=[8, 16, 32], features_per_level=2),
+    "planes-product": dict(model="planes", resolutions=[8, 16, 32], features_per_level=2, aggregate="product"),
+    "mulfagrid": dict(model="mulfagrid", resolutions=[8, 16, 32], features_per_level=2),
+}
+_EXTRA_COLORS = {"planes-product": "#bcbd22"}
+DEFAULT_MODELS = tuple(ANALYSIS_MODELS)
+# Models of the image fits (MulFAGrid's kernel network makes it the slowest: ~0.2 s per step at 48x48).
+FIT_MODELS = DEFAULT_MODELS
+
+
+def model_color(name: str) -> str:
+    """One fixed colour per model (the project's palette, plus the product planes)."""
+    if name in _EXTRA_COLORS:
+        return _EXTRA_COLORS[name]
+    from gridfield.report.figures import model_color as palette
+
+    return palette(name)
+
+
+def build(name: str, dim: int, decoder: str = "linear", out_dim: int = 1, seed: int = 0,
+          dtype: torch.dtype = torch.float64):
+    """Analysis model ``name`` for ``dim``-D inputs, or ``None`` when it does not support ``dim``/exist.
+
+    ``out_dim`` is ignored for the identity decoder (the grid's features are the outputs).
+    """
+    from gridfield.fields import Field, make_decoder
+    from gridfield.models import grid_classes, make_grid
+
+    if name not in ANALYSIS_MODELS:
+        raise InputError(f"unknown analysis model {name!r}; choose from {list(ANALYSIS_MODELS)}")
+    spec = dict(ANALYSIS_MODELS[name])
+    if spec["model"] not in grid_classes():
+        return None
+    torch.manual_seed(seed)
+    try:
+        grid = make_grid(spec.pop("model"), dim, **spec)
+    except ValueError:  # e.g. planes in 1D
+        return None
+    out = grid.out_dim if decoder == "identity" else out_dim  # identity: the features are the outputs
+    return Field(grid, make_decoder(decoder, grid.out_dim, out)).to(dtype)
+
+
+def lineup(names, dim: int, decoder: str = "linear", out_dim: int = 1, seed: int = 0) -> tuple[dict, list[str]]:
+    """``({name: field}, skipped names)`` for the models that support ``dim``."""
+    fields, skipped = {}, []
+    for n in names:
+        f = build(n, dim, decoder, out_dim, seed)
+        (skipped.append(n) if f is None else fields.__setitem__(n, f))
+    if not fields:
+        raise InputError(f"none of the models {list(names)} supports {dim}-D inputs")
+    return fields, skipped
+
+
+@contextmanager
+def single_thread():
+    """Run the small tensor work of an analysis on one torch thread (restored afterwards).
+
+    The analyses use hundreds of points: thread synchronization costs more than it saves, and on a
+    busy 2-core machine two torch threads made these loops 10-40x slower (measured).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def lattice(shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Points of a regular lattice on ``[-1, 1]^d``, row-major (last axis fastest, it is coordinate 0)."""
+    axes = [torch.linspace(-1, 1, s, dtype=dtype) for s in shape]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids[::-1]], 1)
+
+
+def figure(cols: int = 1, rows: int = 1, width: float = 4.0, height: float = 3.4):
+    """A matplotlib figure (Agg, no pyplot state) and its axes array ``[rows, cols]``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * cols, height * rows), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+
+
+def save(fig, out: Path, name: str) -> str:
+    """Write ``fig`` as ``out/name`` (PNG) and return the path."""
+    path = out / name
+    fig.savefig(path)
+    return str(path)
+
+
+def write_json(out: Path, name: str, payload: dict) -> str:
+    """Write ``payload`` (numpy values converted) as ``out/name``."""
+
+    def conv(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(type(o).__name__)
+
+    path = out / name
+    path.write_text(json.dumps(payload, indent=2, default=conv) + "\n")
+    return str(path)
+
+
+def prepare_out(out: Path) -> Path:
+    """Create the output folder (a clear error when it is a file)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_models(models: tuple[str, ...]) -> None:
+    """Raise :class:`InputError` for unknown model names."""
+    bad = [m for m in models if m not in ANALYSIS_MODELS]
+    if bad or not models:
+        raise InputError(f"unknown or empty models {bad or list(models)}; choose from {list(ANALYSIS_MODELS)}")

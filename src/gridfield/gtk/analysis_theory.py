@@ -1,0 +1,204 @@
+"""Analysis (d), ``gridfield gtk-theory``: theory vs. practice.
+
+1. Theorem 1: training curves predicted from ``G`` vs. actual gradient descent on the grid features
+   (decoder frozen), per model, and per frequency for the first model.
+2. Theorem 2: GTK drift ``||G(t) - G(0)||_F / ||G(0)||_F`` during Adam training (all parameters),
+   per model, with an identity, a (trained) linear and an MLP decoder.
+3. Theorem 3: the (trace-normalized) bound at initialization vs. the measured hold-out error after
+   fitting an image, across models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gridfield.errors import InputError
+from gridfield.gtk import analysis_common as ac
+from gridfield.gtk.bound import bound
+from gridfield.gtk.drift import drift
+from gridfield.gtk.dynamics import frequency_energy, predict_dynamics
+from gridfield.gtk.engine import gtk
+
+
+DRIFT_DECODERS = {"identity": ":", "linear": "-", "mlp": "--"}  # decoder -> line style of the drift plot
+
+
+@dataclass
+class TheoryConfig:
+    """Predicted vs. actual training, GTK drift during Adam, bound vs. hold-out error."""
+
+    out: Path = Path("runs/gtk_theory")
+    """Output folder (PNG figures + gtk_theory.json)."""
+    models: tuple[str, ...] = ac.DEFAULT_MODELS
+    """Models to compare (2D)."""
+    side: int = 12
+    """Lattice side for the dynamics and drift experiments (side**2 points)."""
+    gd_steps: int = 100
+    """Gradient-descent steps (step 0.5 / lambda_max(G), loss 1/2 ||O - Y||^2)."""
+    adam_steps: int = 60
+    """Adam steps of the drift experiment."""
+    drift_every: int = 20
+    """Measure the drift every this many steps."""
+    image: str = "astronaut"
+    """Image of the bound-vs-hold-out experiment."""
+    image_size: int = 24
+    """Longer side of that image."""
+    fit_models: tuple[str, ...] = ac.FIT_MODELS
+    """Models of the image fits."""
+    holdout: float = 0.25
+    """Fraction of pixels held out."""
+    fit_steps: int = 150
+    """Adam steps of the image fits."""
+    seed: int = 0
+    """Initialization seed."""
+
+
+def target_signal(x: torch.Tensor) -> torch.Tensor:
+    """A 2D test signal with low and high frequencies: ``[n, 2]`` -> ``[n, 1]``."""
+    return (torch.sin(np.pi * x[:, :1]) * torch.cos(np.pi * x[:, 1:]) + 0.5 * torch.sin(5 * np.pi * x[:, :1])
+            + 0.3 * torch.cos(7 * np.pi * (x[:, :1] + x[:, 1:])))
+
+
+def gd_vs_prediction(field, x, y, steps: int) -> dict:
+    """Actual GD on the grid features (decoder frozen) vs. Theorem 1's prediction from ``G(0)``.
+
+    Step ``eta = 0.5 / lambda_max(G(0))`` (stable for a fixed kernel). A nonlinear model can still
+    diverge as its kernel grows; then the actual curve stops at the last finite step (``diverged_at``).
+    """
+    for p in field.other_parameters().values():
+        p.requires_grad_(False)
+    g = gtk(field, x).dense()
+    eta = 0.5 / np.linalg.eigvalsh(g).max()
+    with torch.no_grad():
+        o0 = field(x).clone()
+    pred = predict_dynamics(g, y, o0, eta=eta, steps=steps)
+    w = list(field.grid_parameters().values())
+    outs, diverged = [o0.numpy()], None
+    for step in range(steps):
+        grads = torch.autograd.grad(0.5 * ((field(x) - y) ** 2).sum(), w)
+        with torch.no_grad():
+            for p, gr in zip(w, grads):
+                p -= eta * gr
+            o = field(x).numpy()
+        if not np.isfinite(o).all() or np.abs(o).max() > 1e6:
+            diverged = step + 1
+            break
+        outs.append(o)
+    actual = np.stack(outs)
+    loss = 0.5 * ((actual - y.numpy()[None]) ** 2).sum((1, 2))
+    err = np.abs(pred.outputs[: len(actual)] - actual).max() / np.abs(actual).max()
+    return {"eta": eta, "pred": pred, "actual": actual, "loss": loss, "diverged_at": diverged,
+            "max_rel_output_error": float(err)}
+
+
+def run(cfg: TheoryConfig) -> dict:
+    """Run the three experiments, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
+    with ac.single_thread():
+        return _run(cfg)
+
+
+def _run(cfg: TheoryConfig) -> dict:
+    ac.check_models(cfg.models)
+    ac.check_models(cfg.fit_models)
+    if cfg.side < 4 or cfg.side > 48 or min(cfg.gd_steps, cfg.adam_steps, cfg.drift_every, cfg.fit_steps) < 1:
+        raise InputError("need 4 <= side <= 48 and positive step counts")
+    if not 0 < cfg.holdout < 1:
+        raise InputError(f"holdout must be in (0, 1), got {cfg.holdout}")
+    out = ac.prepare_out(cfg.out)
+    shape = (cfg.side, cfg.side)
+    x = ac.lattice(shape)
+    y = target_signal(x)
+    fields, skipped = ac.lineup(cfg.models, 2, "linear", seed=cfg.seed)
+    gd = {n: gd_vs_prediction(f, x, y, cfg.gd_steps) for n, f in fields.items()}
+    drifts = {}
+    for dec in DRIFT_DECODERS:
+        for n, f in ac.lineup(cfg.models, 2, dec, seed=cfg.seed)[0].items():
+            yy = y.repeat(1, f.out_dim) if dec == "identity" else y
+            drifts[(n, dec)] = drift(f, x, yy, steps=cfg.adam_steps, every=cfg.drift_every, lr=1e-2, seed=cfg.seed)
+    bounds = _bound_vs_holdout(cfg)
+    files = _plots(out, gd, drifts, bounds, shape)
+    payload = {
+        "config": {k: str(v) for k, v in vars(cfg).items()}, "skipped": skipped,
+        "gradient_descent": {n: {"eta": r["eta"], "max_rel_output_error": r["max_rel_output_error"],
+                                 "diverged_at": r["diverged_at"],
+                                 "loss_actual": r["loss"], "loss_predicted": r["pred"].loss} for n, r in gd.items()},
+        "drift": {f"{n}/{d}": {"steps": t.steps, "drift": t.drift, "loss": t.loss} for (n, d), t in drifts.items()},
+        "bound_vs_holdout": bounds, "figures": files,
+    }
+    payload["json"] = ac.write_json(out, "gtk_theory.json", payload)
+    print(f"gtk-theory: wrote {len(files)} figures and gtk_theory.json to {out}")
+    return payload
+
+
+def _bound_vs_holdout(cfg: TheoryConfig) -> dict:
+    """Per model: trace-normalized bound of ``G(0)`` on the training pixels (targets ``y - O(0)``)
+    and the hold-out MSE after fitting."""
+    from gridfield.data.images import load_image, pixel_coords
+    from gridfield.tasks.image import fit_image, holdout_mask
+    from gridfield.tasks.train import seed_everything
+
+    img = load_image(cfg.image, max_size=cfg.image_size)
+    h, w, c = img.shape
+    xs, ys = pixel_coords(h, w).double(), img.reshape(-1, c).double()
+    res = {}
+    for n, f in ac.lineup(cfg.fit_models, 2, "linear", out_dim=c, seed=cfg.seed)[0].items():
+        test = holdout_mask(h, w, cfg.holdout, "random", seed_everything(cfg.seed))  # fit_image's own mask
+        with torch.no_grad():
+            r0 = ys[~test] - f(xs[~test])
+        b = bound(gtk(f, xs[~test]), r0)
+        fit = fit_image(f.float(), img, steps=cfg.fit_steps, lr_grid=5e-2, lr_other=1e-2, holdout=cfg.holdout,
+                        seed=cfg.seed, progress=False, eval_every=cfg.fit_steps)
+        res[n] = {"bound": b.value, "bound_normalized": b.normalized, "lambda_min": b.lambda_min,
+                  "singular": b.singular, "ridge": b.ridge, "note": b.note, "test_psnr": fit.metrics["test_psnr"],
+                  "test_mse": float(10 ** (-fit.metrics["test_psnr"] / 10)), "train_psnr": fit.metrics["psnr"]}
+    return res
+
+
+def _plots(out: Path, gd: dict, drifts: dict, bounds: dict, shape) -> dict:
+    from matplotlib import colormaps
+
+    fig, ax = ac.figure(cols=2, width=4.6)
+    for n, r in gd.items():
+        c = ac.model_color(n)
+        ax[0, 0].semilogy(r["loss"], color=c, label=f"{n} actual")
+        ax[0, 0].semilogy(r["pred"].loss, color=c, ls="--", label=f"{n} predicted")
+    ax[0, 0].set_xlabel("gradient-descent step")
+    ax[0, 0].set_ylabel("loss 1/2 ||O - Y||^2")
+    ax[0, 0].legend(fontsize=7, ncol=2)
+    first = next(iter(gd))
+    r = gd[first]
+    rad, e_pred = r["pred"].per_frequency(shape)
+    _, e_act = frequency_energy(r["actual"] - r["pred"].targets[None], shape)  # actual may stop early
+    for k, ring in enumerate([1, 3, 5, 7]):
+        if ring in rad:
+            i = int(np.where(rad == ring)[0][0])
+            col = colormaps["viridis"](k / 4)  # not the model colours: these are frequencies
+            ax[0, 1].semilogy(e_act[:, i], color=col, label=f"|omega|={ring} actual")
+            ax[0, 1].semilogy(e_pred[:, i], color=col, ls="--", label=f"|omega|={ring} predicted")
+    ax[0, 1].set_xlabel("gradient-descent step")
+    ax[0, 1].set_ylabel(f"residual energy per frequency ring ({first})")
+    ax[0, 1].legend(fontsize=7)
+    fig.suptitle("Theorem 1: predicted (dashed) vs actual (solid) gradient descent")
+    files = {"dynamics": ac.save(fig, out, "gtk_dynamics.png")}
+    fig, ax = ac.figure(cols=1, width=8.0, height=4.0)
+    for (n, dec), t in drifts.items():
+        ax[0, 0].semilogy(t.steps, np.maximum(t.drift, 1e-17), color=ac.model_color(n),
+                          ls=DRIFT_DECODERS[dec], marker="o", ms=3, label=f"{n}, {dec} decoder")
+    ax[0, 0].set_xlabel("Adam step")
+    ax[0, 0].set_ylabel("||G(t) - G(0)||_F / ||G(0)||_F")
+    ax[0, 0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax[0, 0].set_title("Theorem 2: GTK drift during Adam, all parameters trained (0 drawn at 1e-17)")
+    files["drift"] = ac.save(fig, out, "gtk_drift.png")
+    fig, ax = ac.figure(cols=1, width=5.0, height=3.8)
+    for n, b in bounds.items():
+        ax[0, 0].scatter(b["bound_normalized"], b["test_mse"], color=ac.model_color(n), s=40, label=n)
+    ax[0, 0].set_xlabel("bound B at init (G trace-normalized, targets y - O(0))")
+    ax[0, 0].set_ylabel("hold-out MSE after fitting")
+    ax[0, 0].legend()
+    ax[0, 0].set_title("Theorem 3: bound vs measured hold-out error")
+    files["bound_vs_holdout"] = ac.save(fig, out, "gtk_bound_vs_holdout.png")
+    return files

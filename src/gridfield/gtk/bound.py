@@ -1,0 +1,170 @@
+"""Theorem 3's generalization bound ``B = sqrt(2 y^T G^-1 y / n)``, by Cholesky or conjugate gradients.
+
+For ``y`` with ``c`` channels the quadratic form is averaged over channels (``G`` is channel-averaged).
+Both the raw value and the value with ``G`` normalized to unit mean diagonal (``trace(G)/n = 1``) are
+reported: ``B_norm = B * sqrt(trace(G)/n)``. When ``G`` is (numerically) singular the ridge version
+``(G + lambda I)^-1`` is reported with its ``lambda`` (``lambda = ridge * trace(G)/n``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+
+from gridfield.errors import InputError
+from gridfield.gtk._matrix import as_operator, diagonal, is_explicit, to_dense, unwrap
+
+
+@dataclass
+class Bound:
+    """The bound and how it was obtained (``lambda_*`` are of the raw, unnormalized ``G``).
+
+    lambda_min_method: ``"eigh"`` (exact) or ``"cg-lanczos"`` (smallest Ritz value of the Lanczos
+    tridiagonal that CG builds for free: an upper bound on ``lambda_min``, exact in the limit).
+    quad: ``mean_c y_c^T (G + ridge_abs I)^-1 y_c``; a CG value is a lower bound that increases to it.
+    """
+
+    value: float
+    normalized: float
+    quad: float
+    lambda_min: float
+    lambda_max: float
+    lambda_min_method: str
+    singular: bool
+    ridge: float
+    ridge_abs: float
+    mean_diag: float
+    method: str
+    iterations: int = 0
+    relative_residual: float = 0.0
+    note: str = ""
+
+
+def _check_y(y, n: int) -> np.ndarray:
+    y = np.asarray(y.detach().cpu().double().numpy() if hasattr(y, "detach") else y, dtype=np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n:
+        raise InputError(f"targets y must have shape [n] or [n, c] with n = {n} (the GTK size), got {y.shape}")
+    if not np.isfinite(y).all():
+        raise InputError("targets y contain NaN or infinite values")
+    return y
+
+
+def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 1000):
+    """Solve ``A X = B`` (``A`` SPD) by CG, each column of ``B`` ``[n]`` or ``[n, c]`` independently
+    but with one (multi-column) ``matvec`` per iteration.
+
+    Also returns the extreme eigenvalues of the Lanczos tridiagonal built from the first column's CG
+    coefficients (Ritz values: estimates of ``lambda_min`` from above and ``lambda_max`` from below).
+    Returns ``(X, iterations, max relative residual, (ritz_min, ritz_max))``.
+    """
+    one = b.ndim == 1
+    b = b[:, None] if one else b
+    x, r = np.zeros_like(b), b.copy()
+    bn = np.linalg.norm(b, axis=0)
+    bn[bn == 0] = 1.0
+    p, rr = r.copy(), (r * r).sum(0)
+    alphas, betas, it = [], [], 0
+    active = np.ones(b.shape[1], bool)
+    for it in range(1, maxiter + 1):
+        ap = matvec(p)
+        ap = ap[:, None] if ap.ndim == 1 else ap
+        pap = (p * ap).sum(0)
+        active &= pap > 0
+        alpha = np.where(active, rr / np.where(active, pap, 1.0), 0.0)
+        x += alpha * p
+        r -= alpha * ap
+        rr_new = (r * r).sum(0)
+        beta = np.where(active, rr_new / np.where(rr > 0, rr, 1.0), 0.0)
+        if active[0]:
+            alphas.append(alpha[0])
+            betas.append(beta[0])
+        rr = rr_new
+        active &= np.sqrt(rr) > tol * bn
+        if not active.any():
+            break
+        p = r + beta * p
+    a, bt = np.array(alphas), np.array(betas)
+    if len(a) == 0:
+        ritz = np.array([np.nan])
+    elif len(a) == 1:
+        ritz = 1 / a
+    else:
+        diag = 1 / a + np.concatenate([[0.0], bt[:-1] / a[:-1]])
+        ritz = sla.eigvalsh_tridiagonal(diag, np.sqrt(bt[:-1]) / a[:-1])
+    res = float((np.sqrt(rr) / bn).max())
+    return (x[:, 0] if one else x), it, res, (float(ritz.min()), float(ritz.max()))
+
+
+def bound(g, y, method: str = "auto", ridge: float | None = None, singular_rtol: float = 1e-10,
+          default_ridge: float = 1e-6, tol: float = 1e-8, maxiter: int = 2000, dense_limit: int = 8192,
+          max_bytes: int | None = None) -> Bound:
+    """``B = sqrt(2 mean_c y_c^T G^-1 y_c / n)`` for a GTK ``g`` ``[n, n]`` and targets ``y`` ``[n]``/``[n, c]``.
+
+    method: ``"cholesky"`` (dense; exact ``lambda_min`` by ``eigh``), ``"cg"`` (matrix-free) or
+    ``"auto"`` (Cholesky up to ``dense_limit`` points with explicit entries). ridge: relative ridge
+    (``lambda = ridge * trace(G)/n``) forced on; by default none unless ``G`` is singular
+    (``lambda_min <= singular_rtol * lambda_max``), then ``default_ridge`` is used and the note says so.
+    """
+    m = unwrap(g)
+    n = m.shape[0]
+    y = _check_y(y, n)
+    if method not in ("auto", "cholesky", "cg"):
+        raise InputError(f"method must be 'auto', 'cholesky' or 'cg', got {method!r}")
+    if method == "auto":
+        method = "cholesky" if n <= dense_limit and is_explicit(m) else "cg"
+    s = float(diagonal(m).mean())
+    if s <= 0:
+        raise InputError("the GTK is zero (trace 0): no grid feature influences these points")
+    if method == "cholesky":
+        return _bound_cholesky(to_dense(m, max_bytes), y, s, ridge, singular_rtol, default_ridge)
+    return _bound_cg(m, y, s, ridge, singular_rtol, default_ridge, tol, maxiter)
+
+
+def _finish(quad: float, n: int, s: float, **kw) -> Bound:
+    b = float(np.sqrt(2 * max(quad, 0.0) / n))
+    return Bound(value=b, normalized=float(b * np.sqrt(s)), quad=quad, mean_diag=s, **kw)
+
+
+def _bound_cholesky(gd, y, s, ridge, rtol, default_ridge) -> Bound:
+    n = gd.shape[0]
+    lam_min = float(sla.eigh(gd, eigvals_only=True, subset_by_index=[0, 0])[0])
+    lam_max = float(sla.eigh(gd, eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
+    singular = lam_min <= rtol * lam_max
+    rel = ridge if ridge is not None else (default_ridge if singular else 0.0)
+    note = (f"G is singular (lambda_min = {lam_min:.3g} <= {rtol:g} lambda_max): ridge lambda = {rel:g} trace(G)/n"
+            if singular and ridge is None else "")
+    factor = sla.cho_factor(gd + rel * s * np.eye(n), lower=True)
+    quad = float((y * sla.cho_solve(factor, y)).sum(0).mean())
+    return _finish(quad, n, s, lambda_min=lam_min, lambda_max=lam_max, lambda_min_method="eigh",
+                   singular=singular, ridge=rel, ridge_abs=rel * s, method="cholesky", note=note)
+
+
+def _bound_cg(m, y, s, ridge, rtol, default_ridge, tol, maxiter) -> Bound:
+    n, op = m.shape[0], as_operator(m)
+
+    def solve(rel):
+        mv = (lambda v: op.matmat(v) + rel * s * v) if rel else op.matmat
+        out = conjugate_gradient(mv, y, tol, maxiter)
+        return out, float((y * out[0]).sum(0).mean())
+
+    rel = ridge or 0.0
+    sol, quad = solve(rel)
+    lo, hi = sol[3]
+    lo, hi = lo - rel * s, hi - rel * s
+    singular = ridge is None and lo <= rtol * hi
+    note = ""
+    if singular:
+        rel = default_ridge
+        sol, quad = solve(rel)
+        lo, hi = (v - rel * s for v in sol[3])  # the ridge run's Lanczos values are reliable
+        note = (f"G looks singular (Lanczos lambda_min estimate {lo:.3g} <= {rtol:g} lambda_max): "
+                f"ridge lambda = {rel:g} trace(G)/n")
+    its, res = sol[1], sol[2]
+    if res > tol:
+        note = (note + "; " if note else "") + f"CG stopped at relative residual {res:.2g} after {its} iterations"
+    return _finish(quad, n, s, lambda_min=lo, lambda_max=hi, lambda_min_method="cg-lanczos", singular=singular,
+                   ridge=rel, ridge_abs=rel * s, method="cg", iterations=its, relative_residual=res, note=note)
