@@ -14,6 +14,7 @@ from gridfield.errors import InputError
 # name -> (module, config class, run function)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "image": ("gridfield.tasks.image", "ImageConfig", "run"),
+    "sdf": ("gridfield.tasks.sdf", "SDFConfig", "run"),
     "image-render": ("gridfield.tasks.image", "RenderConfig", "run_render"),
     "gtk-spectra": ("gridfield.gtk.analysis_spectra", "SpectraConfig", "run"),
     "gtk-bound-map": ("gridfield.gtk.analysis_bound_map", "BoundMapConfig", "run"),
