@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gtk-bound-map": ("gridfield.gtk.analysis_bound_map", "BoundMapConfig", "run"),
     "gtk-error-maps": ("gridfield.gtk.analysis_errors", "ErrorMapsConfig", "run"),
     "gtk-theory": ("gridfield.gtk.analysis_theory", "TheoryConfig", "run"),
+    "nerf": ("gridfield.tasks.nerf", "NerfConfig", "run"),
+    "make-scene": ("gridfield.tasks.nerf", "MakeSceneConfig", "run_make_scene"),
 }
 
 

@@ -1,0 +1,216 @@
+"""Radiance fields from any 3D grid of the zoo: density ``sigma(x)`` and colour ``c(x, d)``.
+
+World points inside the scene box ``aabb`` are mapped to the grids' ``[-1, 1]^3``. Two layouts:
+
+* **split** (DVGO / Plenoxels style, default for dense grids): a density grid (1 channel, or a small
+  head when it has more) and a separate appearance grid;
+* **shared** (Instant-NGP style, ``color_grid=None``): one grid, a small MLP giving density and
+  ``geo_features`` appearance features.
+
+Appearance ``sh``: the appearance features are spherical-harmonic coefficients (``3 (deg + 1)^2``
+channels, or a linear map to them), ``rgb = sigmoid(SH(d) . c)``: no MLP. Appearance ``mlp``:
+features and an SH encoding of the view direction go through a tiny MLP, ``rgb = sigmoid(MLP)``.
+
+Density: ``sigma = softplus(raw + shift) * sigma_scale`` (DVGO's shifted softplus), ``shift`` chosen so
+that an untrained field has opacity ``alpha_init`` per marching step. Everything is differentiable
+in the grid and head parameters.
+
+Example::
+
+    field = RadianceField(make_grid("dense", 3, resolutions=[128], features_per_level=1),
+                          make_grid("dense", 3, resolutions=[128], features_per_level=12),
+                          aabb=torch.tensor([-1.5] * 3 + [1.5] * 3), appearance="mlp", step=0.01)
+    sigma = field.density(x)            # [N]
+    rgb = field.color(x, dirs)          # [N, 3]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gridfield.fields.decoders import MLPDecoder
+from gridfield.grids.base import Grid
+from gridfield.render.sh import sh_basis, sh_to_rgb
+
+
+class RadianceField(nn.Module):
+    """``x [N, 3]`` world -> ``sigma [N]``; ``(x, d [N, 3] unit)`` -> ``rgb [N, 3]`` in ``(0, 1)``."""
+
+    def __init__(self, density_grid: Grid, color_grid: Grid | None, aabb: Tensor,
+                 appearance: Literal["sh", "mlp"] = "mlp", sh_degree: int = 2, view_degree: int = 2,
+                 width: int = 64, hidden_layers: int = 2, geo_features: int = 15,
+                 alpha_init: float = 1e-4, step: float = 0.01, sigma_scale: float | None = None) -> None:
+        super().__init__()
+        if appearance not in ("sh", "mlp"):
+            raise ValueError(f"appearance must be 'sh' or 'mlp', got {appearance!r}")
+        if color_grid is None and appearance == "sh" and density_grid.out_dim < 1:
+            raise ValueError("shared layout with SH appearance needs grid features")
+        self.density_grid, self.color_grid = density_grid, color_grid
+        self.appearance, self.sh_degree, self.view_degree = appearance, sh_degree, view_degree
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
+        n_sh = 3 * (sh_degree + 1) ** 2
+        shared = color_grid is None
+        app_dim = (n_sh if appearance == "sh" else geo_features) if shared else color_grid.out_dim
+        d_out = 1 + (app_dim if shared else 0)
+        self.density_head = (None if density_grid.out_dim == 1 and not shared else
+                             MLPDecoder(density_grid.out_dim, d_out, width=width, hidden_layers=1))
+        if appearance == "sh":
+            self.color_head = None if app_dim == n_sh else nn.Linear(app_dim, n_sh)
+        else:
+            self.color_head = MLPDecoder(app_dim + (view_degree + 1) ** 2, 3, width, hidden_layers)
+        scale = sigma_scale if sigma_scale is not None else 1.0 / step
+        self.sigma_scale = float(scale)
+        self.shift = float(math.log(math.expm1(-math.log1p(-alpha_init) / (scale * step))))
+
+    # -- coordinates and parameters ------------------------------------------------------------
+    def to_unit(self, x: Tensor) -> Tensor:
+        """World ``[N, 3]`` -> grid coordinates ``[-1, 1]^3`` (points outside the box are clamped)."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        return ((x - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+
+    def grid_parameters(self) -> dict[str, nn.Parameter]:
+        """Grid-feature tables of both grids, named as in ``named_parameters()``."""
+        out = {f"density_grid.{k}": v for k, v in self.density_grid.grid_parameters().items()}
+        if self.color_grid is not None:
+            out |= {f"color_grid.{k}": v for k, v in self.color_grid.grid_parameters().items()}
+        return out
+
+    def other_parameters(self) -> dict[str, nn.Parameter]:
+        """Heads and kernel parameters (everything not in :meth:`grid_parameters`)."""
+        grid = self.grid_parameters()
+        return {k: v for k, v in self.named_parameters() if k not in grid}
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _density_and_geo(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        h = grid_features(self.density_grid, self.to_unit(x))
+        if self.density_head is not None:
+            h = self.density_head(h)
+        sigma = F.softplus(h[:, 0] + self.shift) * self.sigma_scale
+        return sigma, (h[:, 1:] if self.color_grid is None else None)
+
+    def density(self, x: Tensor) -> Tensor:
+        """Volume density ``[N]`` (>= 0, world units^-1) at world points ``[N, 3]``."""
+        return self._density_and_geo(x)[0]
+
+    def color(self, x: Tensor, dirs: Tensor, geo: Tensor | None = None) -> Tensor:
+        """Radiance ``[N, 3]`` at world points ``x [N, 3]`` seen along unit directions ``dirs [N, 3]``.
+
+        ``geo``: the shared layout's appearance features from :meth:`density_and_geo` (recomputed if None).
+        """
+        if self.color_grid is not None:
+            feat = grid_features(self.color_grid, self.to_unit(x))
+        else:
+            feat = geo if geo is not None else self._density_and_geo(x)[1]
+        if self.appearance == "sh":
+            coefs = feat if self.color_head is None else self.color_head(feat)
+            return sh_to_rgb(coefs.view(-1, 3, (self.sh_degree + 1) ** 2), sh_basis(dirs, self.sh_degree))
+        return torch.sigmoid(self.color_head(torch.cat([feat, sh_basis(dirs, self.view_degree)], -1)))
+
+    def density_and_geo(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``sigma [N]`` and (shared layout only) appearance features ``[N, geo]`` in one grid pass."""
+        return self._density_and_geo(x)
+
+
+# -- dense-grid fast path, coarse-to-fine refitting and total variation ----------------------------
+class _GatherRows(torch.autograd.Function):
+    """``sum_k weight[n, k] * table[index[n, k]]`` with an ``index_add_`` backward (no sort, no
+    atomics), differentiable in ``table`` only (``weight`` is treated as a constant)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+        n, k = index.shape
+        rows = table.index_select(0, index.reshape(-1)).view(n, k, table.shape[1])
+        ctx.save_for_backward(index, weight)
+        ctx.rows = table.shape[0]
+        return torch.bmm(weight.unsqueeze(1), rows).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, weight = ctx.saved_tensors
+        src = (weight.unsqueeze(-1) * grad.unsqueeze(1)).reshape(-1, grad.shape[-1])
+        out = torch.zeros(ctx.rows, grad.shape[-1], dtype=grad.dtype, device=grad.device)
+        return out.index_add_(0, index.reshape(-1), src), None, None
+
+
+def trilinear_corners(x: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """Rows ``[N, 8]`` of a single-level ``DenseGrid`` (``r^3`` nodes, axis 0 fastest) and trilinear
+    weights ``[N, 8]`` at ``x [N, 3]`` in ``[-1, 1]^3`` (clamped), corner order of ``corner_offsets``."""
+    u = ((x.detach() + 1) * (0.5 * (r - 1))).clamp(0, r - 1)
+    base = u.floor().clamp(0, r - 2)
+    f = u - base
+    b = base.long()
+    i0 = b[:, 0] + r * b[:, 1] + r * r * b[:, 2]
+    bits = torch.tensor([[(k >> j) & 1 for j in range(3)] for k in range(8)], device=x.device)
+    index = i0[:, None] + (bits * torch.tensor([1, r, r * r], device=x.device)).sum(-1)
+    wts = torch.where(bits.bool(), f[:, None, :], 1 - f[:, None, :]).prod(-1)
+    return index, wts
+
+
+def grid_features(grid: Grid, x: Tensor) -> Tensor:
+    """``grid(x)``, through the gather fast path for single-level dense 3D grids (same values and
+    grid-feature gradients as the reference, not differentiable in ``x``); otherwise ``grid(x)``."""
+    r = dense_resolution(grid)
+    if r is None:
+        return grid(x)
+    index, wts = trilinear_corners(x, r)
+    return _GatherRows.apply(grid.features, index, wts)
+
+
+def dense_resolution(grid: Grid | None) -> int | None:
+    """The resolution of a single-level 3D ``DenseGrid`` (the grids that can be refitted), else None."""
+    from gridfield.grids.dense import DenseGrid
+
+    if type(grid) is DenseGrid and len(grid.resolutions) == 1 and grid.in_dim == 3:
+        return grid.resolutions[0]
+    return None
+
+
+@torch.no_grad()
+def _resample_dense(grid: Grid, old_aabb: Tensor, new_aabb: Tensor, res: int, chunk: int = 1 << 18) -> Grid:
+    """A new single-level ``DenseGrid`` of ``res^3`` nodes spanning ``new_aabb``, holding ``grid``'s
+    (trilinear) values at its node positions (``grid`` spans ``old_aabb``)."""
+    from gridfield.grids.dense import DenseGrid
+
+    new = DenseGrid(3, resolutions=[res], features_per_level=grid.features_per_level)
+    ar = torch.linspace(0, 1, res, device=old_aabb.device)
+    k2, k1, k0 = torch.meshgrid(ar, ar, ar, indexing="ij")  # node row = i0 + i1 R + i2 R^2
+    u = torch.stack([k0, k1, k2], -1).reshape(-1, 3)
+    world = new_aabb[:3] + u * (new_aabb[3:] - new_aabb[:3])
+    unit = ((world - old_aabb[:3]) / (old_aabb[3:] - old_aabb[:3]) * 2 - 1).clamp(-1, 1)
+    vals = torch.cat([grid(unit[s : s + chunk]) for s in range(0, unit.shape[0], chunk)])
+    new.features.data = vals.to(grid.features.dtype).contiguous()
+    return new.to(grid.features.device)
+
+
+def refit_dense(field: RadianceField, aabb: Tensor, density_res: int, color_res: int | None = None) -> bool:
+    """Coarse-to-fine step: resample the field's dense grids onto ``aabb`` at the given resolutions.
+
+    Returns False (and changes nothing) unless the density grid (and the colour grid, when there is
+    one) are single-level dense grids. The new parameters need a new optimizer.
+    """
+    if dense_resolution(field.density_grid) is None:
+        return False
+    if field.color_grid is not None and dense_resolution(field.color_grid) is None:
+        return False
+    aabb = torch.as_tensor(aabb, dtype=torch.float32, device=field.aabb.device)
+    field.density_grid = _resample_dense(field.density_grid, field.aabb, aabb, density_res)
+    if field.color_grid is not None:
+        field.color_grid = _resample_dense(field.color_grid, field.aabb, aabb, color_res or density_res)
+    field.aabb.copy_(aabb)
+    return True
+
+
+def total_variation(grid: Grid) -> Tensor:
+    """Mean squared difference between neighbouring nodes of a single-level dense 3D grid (a scalar,
+    differentiable); zero for other grids."""
+    r = dense_resolution(grid)
+    if r is None:
+        return grid.grid_parameters()[next(iter(grid.grid_parameters()))].sum() * 0.0
+    t = grid.features.view(r, r, r, -1)
+    return ((t[1:] - t[:-1]).square().mean() + (t[:, 1:] - t[:, :-1]).square().mean()
+            + (t[:, :, 1:] - t[:, :, :-1]).square().mean())

@@ -1,0 +1,8 @@
+"""Rays, occupancy grid, packed ray marching and volume rendering (nerfacc style, plain PyTorch).
+
+Modules: ``rays`` (cameras, pixel-centre rays, box intersection, camera paths), ``occupancy``
+(occupancy grid, space carving), ``marching`` (packed samples), ``volrend`` (transmittance, weights,
+accumulation), ``pipeline`` (training and early-terminating evaluation renders), ``sh`` (spherical
+harmonics), ``outputs`` (images, GIFs, checkpoints). Import the submodules directly; nothing is
+imported here.
+"""

@@ -1,0 +1,135 @@
+"""An occupancy grid over the scene box, updated from the density during training (Instant-NGP /
+nerfacc style), used by the ray marcher to skip empty space.
+
+The grid keeps an exponential moving average of the opacity ``sigma * step`` at jittered points of
+each cell and marks a cell occupied when its value exceeds ``min(threshold, mean)``. Until the first
+update every cell is occupied.
+
+Example::
+
+    occ = OccupancyGrid(aabb, resolution=128)
+    occ.update(lambda x: field.density(x), step_size=0.01)   # every few training steps
+    occ.query(points)                                         # [N] bool
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class OccupancyGrid(nn.Module):
+    """Binary occupancy ``[R, R, R]`` (x index slowest) over ``aabb = [xmin, ymin, zmin, xmax, ymax, zmax]``.
+
+    Buffers: ``aabb [6]``, ``ema [R^3]`` (float opacity estimate), ``binary [R, R, R]`` (bool).
+    Not differentiable; updates run under ``torch.no_grad``.
+    """
+
+    def __init__(self, aabb: Tensor, resolution: int = 128, threshold: float = 0.01, decay: float = 0.95):
+        super().__init__()
+        if resolution < 1:
+            raise ValueError(f"occupancy resolution must be >= 1, got {resolution}")
+        self.resolution, self.threshold, self.decay = resolution, threshold, decay
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
+        self.register_buffer("ema", torch.zeros(resolution**3))
+        self.register_buffer("binary", torch.ones(resolution, resolution, resolution, dtype=torch.bool))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("carved", torch.ones(resolution**3, dtype=torch.bool))
+
+    def cell_index(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat cell index ``[N]`` of world points ``[N, 3]`` and whether they lie inside the box ``[N]``."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        u = (x - lo) / (hi - lo)
+        inside = ((u >= 0) & (u <= 1)).all(-1)
+        ijk = (u * self.resolution).long().clamp(0, self.resolution - 1)
+        r = self.resolution
+        return (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2], inside
+
+    def query(self, x: Tensor) -> Tensor:
+        """``[N, 3]`` world points -> ``[N]`` bool: inside the box and in an occupied cell."""
+        idx, inside = self.cell_index(x)
+        return self.binary.reshape(-1)[idx] & inside
+
+    def cell_centers(self, jitter: bool = True, cells: Tensor | None = None) -> Tensor:
+        """World positions ``[M, 3]`` of the flat cell indices ``cells`` (all ``R^3`` cells by default),
+        uniformly jittered inside each cell if ``jitter``, else at the cell centres."""
+        r = self.resolution
+        if cells is None:
+            cells = torch.arange(r**3, device=self.aabb.device)
+        ijk = torch.stack([cells // (r * r), (cells // r) % r, cells % r], -1).float()
+        ijk = ijk + (torch.rand_like(ijk) if jitter else 0.5)
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        return lo + ijk / r * (hi - lo)
+
+    @torch.no_grad()
+    def update(self, density_fn: Callable[[Tensor], Tensor], step_size: float, chunk: int = 1 << 18,
+               warmup: bool = False, fraction: float = 1.0) -> None:
+        """EMA update from ``density_fn`` (``[N, 3]`` world -> ``[N]``) at jittered points of the cells.
+
+        ``fraction < 1`` re-evaluates that random fraction of the cells (the others only decay).
+        ``warmup=True`` evaluates every cell and replaces the estimate (use for the first update).
+        """
+        cells, n = None, self.resolution**3
+        if not warmup and fraction < 1.0:
+            cells = torch.randint(n, (max(1, int(fraction * n)),), device=self.aabb.device)
+        x = self.cell_centers(jitter=True, cells=cells)
+        occ = torch.cat([density_fn(x[s : s + chunk]).reshape(-1) for s in range(0, x.shape[0], chunk)])
+        occ = occ.float() * step_size
+        if warmup:
+            self.ema.copy_(occ)
+        else:
+            new = self.ema * self.decay
+            if cells is None:
+                new = torch.maximum(new, occ)
+            else:
+                new[cells] = torch.maximum(new[cells], occ)
+            self.ema.copy_(new)
+        thr = min(self.threshold, float(self.ema.mean()))
+        self.binary.copy_(((self.ema > thr) & self.carved).reshape(self.binary.shape))
+        self.updates += 1
+
+    @torch.no_grad()
+    def carve(self, c2w: Tensor, K, alphas: Tensor, near: float) -> None:
+        """Space carving from training masks (a visual hull): a cell stays occupied only if, in every
+        view ``c2w [N, 4, 4]`` (intrinsics ``K``) whose image contains its centre, the alpha mask
+        ``alphas [N, H, W]`` is non-zero within the cell's footprint (a max-pool dilation sized for a
+        cell at distance ``near``). Carved cells stay empty in later updates."""
+        import math
+
+        import torch.nn.functional as F
+
+        centres = self.cell_centers(jitter=False)
+        half = 0.5 * float((self.aabb[3:] - self.aabb[:3]).norm()) / self.resolution
+        rad = max(1, math.ceil(max(K.fx, K.fy) * half / max(near, 1e-3)))
+        masks = F.max_pool2d((alphas > 0).float().unsqueeze(1), 2 * rad + 1, stride=1, padding=rad)[:, 0] > 0
+        keep = self.carved.clone()
+        for i in range(c2w.shape[0]):
+            w2c = torch.linalg.inv(c2w[i].double()).float().to(centres.device)
+            p = centres @ w2c[:3, :3].T + w2c[:3, 3]
+            depth = -p[:, 2]
+            u = K.fx * p[:, 0] / depth.clamp_min(1e-6) + K.cx
+            v = -K.fy * p[:, 1] / depth.clamp_min(1e-6) + K.cy
+            inside = (depth > 0) & (u >= 0) & (u < K.width) & (v >= 0) & (v < K.height)
+            m = masks[i].to(centres.device)
+            hit = m[v.long().clamp(0, K.height - 1), u.long().clamp(0, K.width - 1)]
+            keep &= ~inside | hit
+        self.carved.copy_(keep)
+        self.binary &= keep.reshape(self.binary.shape)
+
+    def occupied_aabb(self, margin_cells: int = 1) -> Tensor:
+        """The world box ``[6]`` around occupied cells, grown by ``margin_cells``; the full box if none."""
+        occ = self.binary.nonzero()
+        if occ.numel() == 0:
+            return self.aabb.clone()
+        r = self.resolution
+        lo_i = (occ.amin(0) - margin_cells).clamp(0, r)
+        hi_i = (occ.amax(0) + 1 + margin_cells).clamp(0, r)
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        size = (hi - lo) / r
+        return torch.cat([lo + lo_i * size, lo + hi_i * size])
+
+    def occupied_fraction(self) -> float:
+        """Fraction of occupied cells (a cheap progress indicator)."""
+        return float(self.binary.float().mean())
