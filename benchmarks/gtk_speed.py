@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import json
 import resource
 import sys
@@ -179,8 +180,8 @@ def main() -> None:
         f"exact {chk['exact_eigh']:.3g} (the estimate is an upper bound and can be orders of magnitude high when "
         f"CG has not converged); bound {chk['bound_cg']:.6g} (CG, {args.maxiter} iterations max) vs "
         f"{chk['bound_exact']:.6g} (Cholesky).\n"
-        "The machine was shared with other jobs while this ran (load average ~10 on 2 cores): wall times "
-        "are pessimistic.\n"
+        f"Load average (1 min) when this run finished: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(other jobs on the machine make wall times pessimistic).\n"
     )
     write_results("gtk_speed", payload, md)
 
