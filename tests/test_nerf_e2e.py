@@ -2,7 +2,6 @@
 test PSNR; outputs, checkpoint reload and CLI errors."""
 
 import json
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np

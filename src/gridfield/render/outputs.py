@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gridfield.errors import InputError
+from gridfield import checkpoints
 
 CHECKPOINT_FORMAT = "gridfield.nerf/1"
 
@@ -47,19 +47,10 @@ def save_checkpoint(path: str | Path, field, occupancy, spec: dict, settings: di
     :func:`gridfield.tasks.nerf.build_field_from_spec`), render ``settings`` and a ``camera``
     (intrinsics and the mean orbit of the training views) for rendering new paths."""
     torch.save({"format": CHECKPOINT_FORMAT, "spec": spec, "settings": settings, "camera": camera,
-                "state_dict": {k: v.detach().cpu() for k, v in field.state_dict().items()},
-                "occupancy": {k: v.detach().cpu() for k, v in occupancy.state_dict().items()}}, Path(path))
+                "state_dict": checkpoints.cpu_state(field),
+                "occupancy": checkpoints.cpu_state(occupancy)}, Path(path))
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict; ``InputError`` when missing or not a gridfield NeRF checkpoint."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"checkpoint {p} not found")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"cannot read checkpoint {p}: {type(e).__name__}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{p} is not a gridfield NeRF checkpoint (format {CHECKPOINT_FORMAT})")
-    return ck
+    return checkpoints.read_checkpoint(path, CHECKPOINT_FORMAT, "NeRF")

@@ -26,6 +26,7 @@ import tyro
 from torch import Tensor, nn
 
 from gridfield.data.images import DEFAULT_IMAGE, pixel_coords
+from gridfield import checkpoints
 from gridfield.errors import InputError
 from gridfield.metrics import psnr, psnr_from_mse, ssim
 from gridfield.tasks.train import (
@@ -202,21 +203,12 @@ def save_checkpoint(path: str | Path, field: nn.Module, spec: dict, shape: Seque
                     config: dict | None = None) -> None:
     """Save ``field``'s state with the ``spec`` that rebuilds it (see :func:`gridfield.presets.build_spec`)."""
     torch.save({"format": CHECKPOINT_FORMAT, "spec": spec, "shape": list(shape), "config": config or {},
-                "state_dict": {k: v.detach().cpu() for k, v in field.state_dict().items()}}, path)
+                "state_dict": checkpoints.cpu_state(field)}, path)
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """The raw checkpoint dict; ``InputError`` if missing or not a gridfield image checkpoint."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"checkpoint {str(p)!r} not found")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"cannot read checkpoint {str(p)!r}: {type(e).__name__}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{str(p)!r} is not a gridfield image checkpoint (format {CHECKPOINT_FORMAT})")
-    return ck
+    return checkpoints.read_checkpoint(path, CHECKPOINT_FORMAT, "image")
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:

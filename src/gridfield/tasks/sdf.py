@@ -19,6 +19,7 @@ import torch
 import tyro
 from torch import Tensor, nn
 
+from gridfield.checkpoints import cpu_state, read_checkpoint
 from gridfield.errors import InputError
 from gridfield.tasks.train import call_hooks, cosine_factor, make_optimizer, seed_everything
 
@@ -212,15 +213,7 @@ def load_sdf_checkpoint(path: str | Path):
     from gridfield.data.meshes import Normalization
     from gridfield.presets import build_spec
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"checkpoint {str(p)!r} not found")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"cannot read checkpoint {str(p)!r}: {type(e).__name__}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{str(p)!r} is not a gridfield SDF checkpoint ({CHECKPOINT_FORMAT})")
+    ck = read_checkpoint(path, CHECKPOINT_FORMAT, "SDF")
     field = build_spec(ck["spec"])
     field.load_state_dict(ck["state_dict"])
     norm = ck["normalization"]
@@ -326,7 +319,7 @@ def run(cfg: SDFConfig) -> dict:
     from gridfield.models import count_parameters
     from gridfield.presets import build_spec
     from gridfield.report.sdf_figures import save_preview, save_slices
-    from gridfield.tasks.image import write_dir_atomically
+    from gridfield.tasks.train import write_dir_atomically
 
     dev = _validate(cfg)
     mesh, name = load_mesh(cfg.mesh)
@@ -363,7 +356,7 @@ def run(cfg: SDFConfig) -> dict:
         save_preview(d / "preview.png", pred_mesh, title=f"{name}, {cfg.model}: IoU {ev['iou_grid']:.4f}")
         torch.save({"format": CHECKPOINT_FORMAT, "spec": spec, "config": config,
                     "normalization": {"center": norm.center.tolist(), "scale": float(norm.scale)},
-                    "state_dict": {k: v.detach().cpu() for k, v in field.state_dict().items()}},
+                    "state_dict": cpu_state(field)},
                    d / "checkpoint.pt")
 
     write_dir_atomically(out, write)
