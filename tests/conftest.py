@@ -16,3 +16,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tiny problems (no OpenMP hand-offs on a busy 2-core machine); restored after."""
+    from gridfield.gtk.analysis_common import single_thread
+
+    with single_thread():
+        yield

@@ -9,18 +9,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 from gridfield.cli import main
 from gridfield.data.images import load_image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -79,6 +73,7 @@ def _bad_inputs(tmp_path: Path, small_png: Path) -> dict[str, list[str]]:
         "--steps": ["image", str(small_png), "--steps", "0"],
         "--holdout": ["image", str(small_png), "--holdout", "1.5"],
         "parsing --steps": ["image", str(small_png), "--steps", "many"],
+        "not usable": ["image", str(small_png), "--device", "nosuchdevice"],
         "checkpoint": ["image-render", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out" / "r.png")],
     }
 

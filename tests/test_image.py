@@ -20,13 +20,7 @@ from gridfield.tasks.image import fit_image, holdout_mask, load_checkpoint, rend
 from gridfield.tasks.train import cosine_factor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny (4096 pixels): one thread avoids OpenMP overhead on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def test_bad_input():
     ("mfn-fourier", {"width": 64, "n_layers": 3, "input_scale": 64.0}, 1e-2, 45.0),  # measured 49.1 dB
     ("ffmlp", {"width": 64, "depth": 2, "num_features": 64, "sigma": 4.0}, 1e-2, 37.0),  # measured 41.1 dB
 ])
-def test_fits_small_image(name, kw, lr, target):
+def test_fits_small_image(name, kw, lr, target, one_thread):
     """32x32 astronaut crop, 150 full-batch Adam steps, stated PSNR floor (dB)."""
     from skimage import data
 
@@ -117,18 +117,13 @@ def test_fits_small_image(name, kw, lr, target):
     c = (torch.arange(32, dtype=torch.float32) + 0.5) * (2 / 32) - 1
     x = torch.stack(torch.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)
     y = img.reshape(-1, 3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        f = build_field(name, 2, 3, **kw)
-        opt = torch.optim.Adam(f.parameters(), lr=lr)
-        for _ in range(150):
-            loss = ((f(x) - y) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        psnr = -10 * math.log10(((f(x) - y) ** 2).mean().item())
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    f = build_field(name, 2, 3, **kw)
+    opt = torch.optim.Adam(f.parameters(), lr=lr)
+    for _ in range(150):
+        loss = ((f(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    psnr = -10 * math.log10(((f(x) - y) ** 2).mean().item())
     assert psnr > target, psnr

@@ -91,14 +91,6 @@ def test_eikonal_double_backward_matches_finite_differences(model):
     assert analytic == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 
-@pytest.fixture
-def one_thread():
-    """Small batches run faster on one thread (no OpenMP hand-offs); restores the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_sphere_fit_reaches_iou(one_thread):
     trimesh = pytest.importorskip("trimesh")

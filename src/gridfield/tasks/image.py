@@ -33,6 +33,7 @@ from gridfield.tasks.train import (
     call_hooks,
     make_optimizer,
     make_scheduler,
+    resolve_device,
     seed_everything,
     write_dir_atomically,
 )
@@ -280,12 +281,7 @@ def _validate(cfg: ImageConfig) -> torch.device:
     for ok, msg, value in checks:
         if not ok:
             raise InputError(f"{msg}, got {value}")
-    try:
-        dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                           "cpu" if cfg.device == "auto" else cfg.device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        raise InputError(f"device {cfg.device!r} is not usable: {str(e).splitlines()[0]}") from None
+    dev = resolve_device(cfg.device)
     if cfg.out is not None and cfg.out.exists() and not cfg.out.is_dir():
         raise InputError(f"--out {str(cfg.out)!r} exists and is not a directory")
     return dev

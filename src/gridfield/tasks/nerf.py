@@ -326,18 +326,6 @@ def render_path(field: RadianceField, occ: OccupancyGrid, settings: RenderSettin
     return [render_camera(field, c.to(dev), K, occ, field.aabb, settings) for c in poses]
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda requested but CUDA is not available")
-    return dev
-
-
 def _check(cfg: NerfConfig) -> None:
     bad = [(k, v) for k, v in (("steps", cfg.steps), ("batch_rays", cfg.batch_rays), ("resolution", cfg.resolution),
                                ("occ_resolution", cfg.occ_resolution), ("occ_every", cfg.occ_every)) if v < 1]
@@ -355,10 +343,10 @@ def run(cfg: NerfConfig) -> dict:
     from gridfield.models import count_parameters
     from gridfield.render.outputs import save_checkpoint, save_gif
     from gridfield.render.rays import orbit_poses
-    from gridfield.tasks.train import seed_everything
+    from gridfield.tasks.train import resolve_device, seed_everything
 
     _check(cfg)
-    dev = _device(cfg.device)
+    dev = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     bg = (1.0, 1.0, 1.0) if cfg.white_background else (0.0, 0.0, 0.0)
     train = load_blender(cfg.scene, "train", cfg.downscale, bg)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gridfield.checkpoints import cpu_state, read_checkpoint
 from gridfield.errors import InputError
-from gridfield.tasks.train import call_hooks, cosine_factor, make_optimizer, seed_everything
+from gridfield.tasks.train import call_hooks, cosine_factor, make_optimizer, resolve_device, seed_everything
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 MLP = {"width": 64, "hidden_layers": 2}
@@ -289,12 +289,7 @@ def _validate(cfg: SDFConfig) -> torch.device:
     for ok, msg, value in checks:
         if not ok:
             raise InputError(f"{msg}, got {value}")
-    try:
-        dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                           "cpu" if cfg.device == "auto" else cfg.device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        raise InputError(f"device {cfg.device!r} is not usable: {str(e).splitlines()[0]}") from None
+    dev = resolve_device(cfg.device)
     if cfg.out is not None and cfg.out.exists() and not cfg.out.is_dir():
         raise InputError(f"--out {str(cfg.out)!r} exists and is not a directory")
     return dev

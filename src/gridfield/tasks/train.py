@@ -26,6 +26,21 @@ import torch
 from torch import nn
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device string, checked to be usable.
+
+    Raises ``InputError`` naming the device when it is unknown or unavailable.
+    """
+    from gridfield.errors import InputError
+
+    try:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise InputError(f"device {name!r} is not usable: {str(e).splitlines()[0]}") from None
+    return dev
+
+
 def make_optimizer(field: nn.Module, lr_grid: float, lr_other: float) -> torch.optim.Adam:
     """Adam with ``lr_grid`` for grid features (``field.grid_parameters()``) and ``lr_other`` for the rest.
 
