@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
+from scipy.sparse.linalg import eigsh
 
 from gridfield.errors import InputError
 from gridfield.gtk._matrix import as_operator, diagonal, is_explicit, to_dense, unwrap
@@ -21,8 +22,11 @@ from gridfield.gtk._matrix import as_operator, diagonal, is_explicit, to_dense, 
 class Bound:
     """The bound and how it was obtained (``lambda_*`` are of the raw, unnormalized ``G``).
 
-    lambda_min_method: ``"eigh"`` (exact) or ``"cg-lanczos"`` (smallest Ritz value of the Lanczos
-    tridiagonal that CG builds for free: an upper bound on ``lambda_min``, exact in the limit).
+    lambda_min_method: ``"eigh"`` (exact), ``"cg-lanczos"`` (smallest Ritz value of the Lanczos
+    tridiagonal that CG builds for free: an upper bound on ``lambda_min``, exact in the limit) or
+    ``"pcg-lower"`` (preconditioned CG: ``theta_min(M^-1 G) * lambda_min(M)``, a lower estimate of
+    ``lambda_min``, since ``lambda_min(G) >= lambda_min(M^-1 G) lambda_min(M)`` and ``theta_min`` is the
+    smallest Ritz value of ``M^-1 G``; ``lambda_max`` then comes from Lanczos on ``G``).
     quad: ``mean_c y_c^T (G + ridge_abs I)^-1 y_c``; a CG value is a lower bound that increases to it.
     """
 
@@ -53,20 +57,23 @@ def _check_y(y, n: int) -> np.ndarray:
     return y
 
 
-def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 1000):
-    """Solve ``A X = B`` (``A`` SPD) by CG, each column of ``B`` ``[n]`` or ``[n, c]`` independently
-    but with one (multi-column) ``matvec`` per iteration.
+def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 1000, precond=None):
+    """Solve ``A X = B`` (``A`` SPD) by (preconditioned) CG, each column of ``B`` ``[n]`` or ``[n, c]``
+    independently but with one (multi-column) ``matvec`` per iteration.
 
-    Also returns the extreme eigenvalues of the Lanczos tridiagonal built from the first column's CG
-    coefficients (Ritz values: estimates of ``lambda_min`` from above and ``lambda_max`` from below).
-    Returns ``(X, iterations, max relative residual, (ritz_min, ritz_max))``.
+    precond: ``r -> M^-1 r`` for ``[n, c]`` blocks (SPD ``M``), or ``None``. Also returns the extreme
+    eigenvalues of the Lanczos tridiagonal built from the first column's CG coefficients: Ritz values of
+    ``M^-1 A`` (of ``A`` without a preconditioner), estimates of its ``lambda_min`` from above and
+    ``lambda_max`` from below. Returns ``(X, iterations, max relative residual, (ritz_min, ritz_max))``;
+    the residual is the true ``||B - A X|| / ||B||`` per column (not the preconditioned one).
     """
     one = b.ndim == 1
     b = b[:, None] if one else b
     x, r = np.zeros_like(b), b.copy()
     bn = np.linalg.norm(b, axis=0)
     bn[bn == 0] = 1.0
-    p, rr = r.copy(), (r * r).sum(0)
+    z = r if precond is None else precond(r)
+    p, rr = z.copy(), (r * z).sum(0)
     alphas, betas, it = [], [], 0
     active = np.ones(b.shape[1], bool)
     for it in range(1, maxiter + 1):
@@ -77,16 +84,18 @@ def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 
         alpha = np.where(active, rr / np.where(active, pap, 1.0), 0.0)
         x += alpha * p
         r -= alpha * ap
-        rr_new = (r * r).sum(0)
+        z = r if precond is None else precond(r)
+        rr_new = (r * z).sum(0)
         beta = np.where(active, rr_new / np.where(rr > 0, rr, 1.0), 0.0)
         if active[0]:
             alphas.append(alpha[0])
             betas.append(beta[0])
         rr = rr_new
-        active &= np.sqrt(rr) > tol * bn
+        rn = np.linalg.norm(r, axis=0)
+        active &= rn > tol * bn
         if not active.any():
             break
-        p = r + beta * p
+        p = z + beta * p
     a, bt = np.array(alphas), np.array(betas)
     if len(a) == 0:
         ritz = np.array([np.nan])
@@ -95,19 +104,21 @@ def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 
     else:
         diag = 1 / a + np.concatenate([[0.0], bt[:-1] / a[:-1]])
         ritz = sla.eigvalsh_tridiagonal(diag, np.sqrt(bt[:-1]) / a[:-1])
-    res = float((np.sqrt(rr) / bn).max())
+    res = float((np.linalg.norm(r, axis=0) / bn).max())
     return (x[:, 0] if one else x), it, res, (float(ritz.min()), float(ritz.max()))
 
 
 def bound(g, y, method: str = "auto", ridge: float | None = None, singular_rtol: float = 1e-10,
           default_ridge: float = 1e-6, tol: float = 1e-8, maxiter: int = 2000, dense_limit: int = 8192,
-          max_bytes: int | None = None) -> Bound:
+          max_bytes: int | None = None, preconditioner="auto") -> Bound:
     """``B = sqrt(2 mean_c y_c^T G^-1 y_c / n)`` for a GTK ``g`` ``[n, n]`` and targets ``y`` ``[n]``/``[n, c]``.
 
     method: ``"cholesky"`` (dense; exact ``lambda_min`` by ``eigh``), ``"cg"`` (matrix-free) or
     ``"auto"`` (Cholesky up to ``dense_limit`` points with explicit entries). ridge: relative ridge
     (``lambda = ridge * trace(G)/n``) forced on; by default none unless ``G`` is singular
     (``lambda_min <= singular_rtol * lambda_max``), then ``default_ridge`` is used and the note says so.
+    preconditioner (CG only): ``"auto"`` uses the one an operator ``GTK`` of a 2D lattice carries
+    (:mod:`gridfield.gtk.precond`), ``None`` none, or a ``LinearOperator``/callable applying ``M^-1``.
     """
     m = unwrap(g)
     n = m.shape[0]
@@ -121,7 +132,7 @@ def bound(g, y, method: str = "auto", ridge: float | None = None, singular_rtol:
         raise InputError("the GTK is zero (trace 0): no grid feature influences these points")
     if method == "cholesky":
         return _bound_cholesky(to_dense(m, max_bytes), y, s, ridge, singular_rtol, default_ridge)
-    return _bound_cg(m, y, s, ridge, singular_rtol, default_ridge, tol, maxiter)
+    return _bound_cg(m, y, s, ridge, singular_rtol, default_ridge, tol, maxiter, _resolve_precond(g, preconditioner))
 
 
 def _finish(quad: float, n: int, s: float, **kw) -> Bound:
@@ -131,8 +142,8 @@ def _finish(quad: float, n: int, s: float, **kw) -> Bound:
 
 def _bound_cholesky(gd, y, s, ridge, rtol, default_ridge) -> Bound:
     n = gd.shape[0]
-    lam_min = float(sla.eigh(gd, eigvals_only=True, subset_by_index=[0, 0])[0])
-    lam_max = float(sla.eigh(gd, eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
+    lam = np.linalg.eigvalsh(gd)  # all of them: as fast as two subset calls, and robust to busy BLAS threads
+    lam_min, lam_max = float(lam[0]), float(lam[-1])
     singular = lam_min <= rtol * lam_max
     rel = ridge if ridge is not None else (default_ridge if singular else 0.0)
     note = (f"G is singular (lambda_min = {lam_min:.3g} <= {rtol:g} lambda_max): ridge lambda = {rel:g} trace(G)/n"
@@ -143,28 +154,59 @@ def _bound_cholesky(gd, y, s, ridge, rtol, default_ridge) -> Bound:
                    singular=singular, ridge=rel, ridge_abs=rel * s, method="cholesky", note=note)
 
 
-def _bound_cg(m, y, s, ridge, rtol, default_ridge, tol, maxiter) -> Bound:
+def _resolve_precond(g, preconditioner):
+    """``preconditioner="auto"``: the one a ``GTK`` carries (lattice operator GTKs), else none."""
+    if preconditioner == "auto":
+        return getattr(g, "preconditioner", None)
+    if preconditioner is None or preconditioner is False:
+        return None
+    if not hasattr(preconditioner, "matvec") and not callable(preconditioner):
+        raise InputError("preconditioner must be 'auto', None, a LinearOperator or a callable r -> M^-1 r")
+    return preconditioner
+
+
+def _apply(precond, shift: float):
+    """``r [n, c] -> M^-1 r`` for ``M`` (or ``M + shift I`` when the preconditioner can shift itself)."""
+    if shift and hasattr(precond, "shifted"):
+        precond = precond.shifted(shift)
+    if hasattr(precond, "matmat"):
+        return precond.matmat
+    return lambda r: np.stack([precond(c) for c in r.T], 1)
+
+
+def _bound_cg(m, y, s, ridge, rtol, default_ridge, tol, maxiter, precond=None) -> Bound:
     n, op = m.shape[0], as_operator(m)
 
     def solve(rel):
         mv = (lambda v: op.matmat(v) + rel * s * v) if rel else op.matmat
-        out = conjugate_gradient(mv, y, tol, maxiter)
+        out = conjugate_gradient(mv, y, tol, maxiter, None if precond is None else _apply(precond, rel * s))
         return out, float((y * out[0]).sum(0).mean())
+
+    def extremes(sol, rel):
+        """``lambda_min`` estimate and ``lambda_max`` of ``G`` (not of ``G + ridge``)."""
+        lo, hi = sol[3]
+        if precond is None:  # Ritz values of G itself: lo >= lambda_min (upper estimate)
+            return lo - rel * s, hi - rel * s
+        # Ritz values of M^-1 (G + ridge): lambda_min(G + ridge) >= lambda_min(M^-1 (G + ridge)) lambda_min(M)
+        eig_m = getattr(precond, "eig_min", float("nan")) + (rel * s if hasattr(precond, "shifted") else 0.0)
+        top = float(eigsh(op, k=1, which="LA", tol=1e-4, return_eigenvectors=False)[0])
+        return lo * eig_m - rel * s, top
 
     rel = ridge or 0.0
     sol, quad = solve(rel)
-    lo, hi = sol[3]
-    lo, hi = lo - rel * s, hi - rel * s
+    lo, hi = extremes(sol, rel)
     singular = ridge is None and lo <= rtol * hi
     note = ""
     if singular:
         rel = default_ridge
         sol, quad = solve(rel)
-        lo, hi = (v - rel * s for v in sol[3])  # the ridge run's Lanczos values are reliable
-        note = (f"G looks singular (Lanczos lambda_min estimate {lo:.3g} <= {rtol:g} lambda_max): "
+        lo, hi = extremes(sol, rel)  # the ridge run's Lanczos values are reliable
+        note = (f"G looks singular (lambda_min estimate {lo:.3g} <= {rtol:g} lambda_max): "
                 f"ridge lambda = {rel:g} trace(G)/n")
     its, res = sol[1], sol[2]
     if res > tol:
         note = (note + "; " if note else "") + f"CG stopped at relative residual {res:.2g} after {its} iterations"
-    return _finish(quad, n, s, lambda_min=lo, lambda_max=hi, lambda_min_method="cg-lanczos", singular=singular,
-                   ridge=rel, ridge_abs=rel * s, method="cg", iterations=its, relative_residual=res, note=note)
+    how = "cg-lanczos" if precond is None else "pcg-lower"
+    return _finish(quad, n, s, lambda_min=lo, lambda_max=hi, lambda_min_method=how, singular=singular,
+                   ridge=rel, ridge_abs=rel * s, method="cg" if precond is None else "pcg", iterations=its,
+                   relative_residual=res, note=note)

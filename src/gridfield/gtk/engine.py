@@ -26,6 +26,7 @@ from gridfield.errors import InputError
 from gridfield.gtk._checks import check_budget, check_choice, check_points, default_budget
 from gridfield.gtk.jacobian import grid_jacobian, kernel_nnz_bound, n_grid_params, other_jacobian, other_trainable
 from gridfield.gtk.operator import GTKOperator
+from gridfield.gtk.precond import lattice_preconditioner
 from gridfield.gtk.reference import reference_jacobian, reference_kernel
 
 log = logging.getLogger("gridfield.gtk")
@@ -48,6 +49,7 @@ class GTK:
     n_params: int
     seconds: float
     info: dict = dc_field(default_factory=dict)
+    preconditioner: LinearOperator | None = None  # M^-1 for CG (operator GTK of a 2D lattice), see gtk.precond
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -182,7 +184,9 @@ def _sparse_paths(field, x1, x2, others, implementation, dtype, max_bytes, n_par
         budget = default_budget() if max_bytes is None else max_bytes
         implementation = "structured" if (need <= budget or x2 is not x1) else "operator"
     if implementation == "operator":
-        return GTK(GTKOperator(j1, m, d1), "operator", wrt, m, n_par, 0.0, info)
+        precond = lattice_preconditioner(field, x1, j1, m) if d1 is None else None
+        info["preconditioner"] = "separable lattice (Jacobi in a Kronecker eigenbasis)" if precond else "none"
+        return GTK(GTKOperator(j1, m, d1), "operator", wrt, m, n_par, 0.0, info, precond)
     check_budget(f"the structured GTK ({j1.shape[0]} x {j2.shape[0]}, up to {nnz} non-zeros)", need, max_bytes,
                  "use implementation='operator' (matrix-free) for a square kernel, or fewer points")
     g = (j1 @ j2.T).tocsr() / m
