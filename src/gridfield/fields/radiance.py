@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gridfield.fast._build import check_backend
 from gridfield.fields.decoders import MLPDecoder
 from gridfield.grids.base import Grid
 from gridfield.render.sh import sh_basis, sh_to_rgb
@@ -66,6 +67,16 @@ class RadianceField(nn.Module):
         scale = sigma_scale if sigma_scale is not None else 1.0 / step
         self.sigma_scale = float(scale)
         self.shift = float(math.log(math.expm1(-math.log1p(-alpha_init) / (scale * step))))
+        self.backend = "auto"  # fast paths (see set_backend); not part of the state dict
+
+    def set_backend(self, backend: str) -> None:
+        """Choose the fast paths of this field: ``"auto"`` (fast where it applies), ``"fast"`` (raise where
+        it cannot be used) or ``"reference"`` (plain PyTorch). Survives :func:`refit_dense`."""
+        check_backend(backend)
+        self.backend = backend
+        for grid in (self.density_grid, self.color_grid):
+            if grid is not None and hasattr(grid, "backend"):
+                grid.backend = backend
 
     # -- coordinates and parameters ------------------------------------------------------------
     def to_unit(self, x: Tensor) -> Tensor:
@@ -109,56 +120,106 @@ class RadianceField(nn.Module):
         if self.appearance == "sh":
             coefs = feat if self.color_head is None else self.color_head(feat)
             return sh_to_rgb(coefs.view(-1, 3, (self.sh_degree + 1) ** 2), sh_basis(dirs, self.sh_degree))
-        return torch.sigmoid(self.color_head(torch.cat([feat, sh_basis(dirs, self.view_degree)], -1)))
+        view = sh_basis(dirs, self.view_degree)
+        if check_backend(self.backend) != "reference" and chunked_mlp_applies(self.color_head, feat, view):
+            return torch.sigmoid(chunked_mlp(self.color_head, feat, view))
+        return torch.sigmoid(self.color_head(torch.cat([feat, view], -1)))
 
     def density_and_geo(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """``sigma [N]`` and (shared layout only) appearance features ``[N, geo]`` in one grid pass."""
         return self._density_and_geo(x)
 
 
-# -- dense-grid fast path, coarse-to-fine refitting and total variation ----------------------------
-class _GatherRows(torch.autograd.Function):
-    """``sum_k weight[n, k] * table[index[n, k]]`` with an ``index_add_`` backward (no sort, no
-    atomics), differentiable in ``table`` only (``weight`` is treated as a constant)."""
+# -- colour MLP fast path (cache-sized row chunks: C++ loop when built, else plain PyTorch) -----------
+MLP_CHUNK = 4096  # rows per chunk: the activations of one chunk (4096 x 64 floats = 1 MB) stay in cache
+
+
+def chunked_mlp_applies(head, feat: Tensor, extra: Tensor) -> bool:
+    """Whether :func:`chunked_mlp` can evaluate ``head`` (an :class:`MLPDecoder`) on these inputs: CPU
+    float32, ``extra`` without gradient, no ``torch.func`` transform active."""
+    return (isinstance(head, MLPDecoder) and feat.device.type == "cpu" and feat.dtype == torch.float32
+            and extra.dtype == torch.float32 and not extra.requires_grad and feat.ndim == 2
+            and feat.shape[0] > 0 and not torch._C._are_functorch_transforms_active())
+
+
+def chunked_mlp(head: MLPDecoder, feat: Tensor, extra: Tensor, chunk: int | None = None) -> Tensor:
+    """``head(cat([feat, extra], -1))`` evaluated ``chunk`` rows at a time (forward and backward), so
+    each layer's activations are reused from cache instead of streamed through memory, and the input
+    gradient is computed for ``feat``'s columns only. Same values as the reference up to float32
+    summation order; differentiable once in ``feat`` and the head's parameters (``extra``: constant).
+    ``chunk`` defaults to :data:`MLP_CHUNK` rows."""
+    chunk = chunk or MLP_CHUNK
+    params = [t for layer in head if isinstance(layer, nn.Linear) for t in (layer.weight, layer.bias)]
+    return _ChunkedMLP.apply(feat, extra, chunk, *params)
+
+
+class _ChunkedMLP(torch.autograd.Function):
+    """Forward and backward in row chunks: through the C++ kernel (:func:`gridfield.fast.render.module`:
+    one parallel region per pass, whole chunks per thread) when it is built, else a Python loop."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-        n, k = index.shape
-        rows = table.index_select(0, index.reshape(-1)).view(n, k, table.shape[1])
-        ctx.save_for_backward(index, weight)
-        ctx.rows = table.shape[0]
-        return torch.bmm(weight.unsqueeze(1), rows).squeeze(1)
+    def forward(ctx, feat, extra, chunk, *params):
+        from gridfield.fast import render as fast
+
+        x = torch.cat([feat, extra], -1)
+        ws, bs = params[0::2], params[1::2]
+        m = x.shape[0]
+        ctx.mod = mod = fast.module("auto", x)
+        ctx.chunk, ctx.n_feat, ctx.n_layers = chunk, feat.shape[1], len(ws)
+        if mod is not None:
+            acts = mod.mlp_forward(x, list(ws), list(bs), chunk)
+            ctx.save_for_backward(x, *ws, *acts[:-1])
+            return acts[-1]
+        acts = [x.new_empty(m, w.shape[0]) for w in ws]
+        for s in range(0, m, chunk):
+            h = x[s : s + chunk]
+            for i, (w, b) in enumerate(zip(ws, bs)):
+                out = acts[i][s : s + chunk]
+                torch.addmm(b, h, w.t(), out=out)
+                if i < len(ws) - 1:
+                    out.clamp_min_(0)
+                h = out
+        ctx.save_for_backward(x, *ws, *acts[:-1])
+        return acts[-1]
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        index, weight = ctx.saved_tensors
-        src = (weight.unsqueeze(-1) * grad.unsqueeze(1)).reshape(-1, grad.shape[-1])
-        out = torch.zeros(ctx.rows, grad.shape[-1], dtype=grad.dtype, device=grad.device)
-        return out.index_add_(0, index.reshape(-1), src), None, None
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        n = ctx.n_layers
+        x, ws, hidden = saved[0], saved[1 : 1 + n], saved[1 + n :]
+        grad = grad.contiguous()
+        need_feat = ctx.needs_input_grad[0]
+        if ctx.mod is not None:
+            out = ctx.mod.mlp_backward(grad, x, list(ws), list(hidden), ctx.n_feat, need_feat, ctx.chunk)
+            return (out[-1] if need_feat else None, None, None, *out[:-1])
+        gws = [torch.zeros_like(w) for w in ws]
+        gbs = [w.new_zeros(w.shape[0]) for w in ws]
+        m, chunk = x.shape[0], ctx.chunk
+        gfeat = x.new_empty(m, ctx.n_feat) if need_feat else None
+        w_feat = ws[0][:, : ctx.n_feat]
+        for s in range(0, m, chunk):
+            g = grad[s : s + chunk]
+            for i in range(n - 1, -1, -1):
+                inp = x[s : s + chunk] if i == 0 else hidden[i - 1][s : s + chunk]
+                gws[i].addmm_(g.t(), inp)
+                gbs[i] += g.sum(0)
+                if i > 0:
+                    g = torch.ops.aten.threshold_backward(g @ ws[i], inp, 0.0)  # ReLU's backward
+            if need_feat:
+                torch.mm(g, w_feat, out=gfeat[s : s + chunk])
+        grads = [t for pair in zip(gws, gbs) for t in pair]
+        return (gfeat, None, None, *grads)
 
 
-def trilinear_corners(x: Tensor, r: int) -> tuple[Tensor, Tensor]:
-    """Rows ``[N, 8]`` of a single-level ``DenseGrid`` (``r^3`` nodes, axis 0 fastest) and trilinear
-    weights ``[N, 8]`` at ``x [N, 3]`` in ``[-1, 1]^3`` (clamped), corner order of ``corner_offsets``."""
-    u = ((x.detach() + 1) * (0.5 * (r - 1))).clamp(0, r - 1)
-    base = u.floor().clamp(0, r - 2)
-    f = u - base
-    b = base.long()
-    i0 = b[:, 0] + r * b[:, 1] + r * r * b[:, 2]
-    bits = torch.tensor([[(k >> j) & 1 for j in range(3)] for k in range(8)], device=x.device)
-    index = i0[:, None] + (bits * torch.tensor([1, r, r * r], device=x.device)).sum(-1)
-    wts = torch.where(bits.bool(), f[:, None, :], 1 - f[:, None, :]).prod(-1)
-    return index, wts
-
-
+# -- grid evaluation, coarse-to-fine refitting and total variation ------------------------------------
 def grid_features(grid: Grid, x: Tensor) -> Tensor:
-    """``grid(x)``, through the gather fast path for single-level dense 3D grids (same values and
-    grid-feature gradients as the reference, not differentiable in ``x``); otherwise ``grid(x)``."""
-    r = dense_resolution(grid)
-    if r is None:
-        return grid(x)
-    index, wts = trilinear_corners(x, r)
-    return _GatherRows.apply(grid.features, index, wts)
+    """``grid(x)`` ``[N, out_dim]`` at ``x [N, 3]`` in ``[-1, 1]^3``: the grid's own forward, with the
+    grid's ``backend`` (set by :meth:`RadianceField.set_backend`). For ``DenseGrid`` / ``HashGrid`` that is
+    the fused kernel of :mod:`gridfield.fast.grid_encode` (one kernel for every dense and hash grid: a
+    single dense level splits the table-gradient scatter by rows between threads and writes into a
+    reused gradient buffer) or the plain-PyTorch reference. Differentiable in the grid and ``x``."""
+    return grid(x)
 
 
 def dense_resolution(grid: Grid | None) -> int | None:
@@ -176,7 +237,8 @@ def _resample_dense(grid: Grid, old_aabb: Tensor, new_aabb: Tensor, res: int, ch
     (trilinear) values at its node positions (``grid`` spans ``old_aabb``)."""
     from gridfield.grids.dense import DenseGrid
 
-    new = DenseGrid(3, resolutions=[res], features_per_level=grid.features_per_level)
+    new = DenseGrid(3, resolutions=[res], features_per_level=grid.features_per_level,
+                    backend=getattr(grid, "backend", "auto"))  # the field's choice survives the refit
     ar = torch.linspace(0, 1, res, device=old_aabb.device)
     k2, k1, k0 = torch.meshgrid(ar, ar, ar, indexing="ij")  # node row = i0 + i1 R + i2 R^2
     u = torch.stack([k0, k1, k2], -1).reshape(-1, 3)

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gridfield.fast import grid_encode as fe
+from gridfield.fast._build import check_backend
 from gridfield.functional.interp import corner_offsets, nlinear_weights, scale_to_grid
-from gridfield.grids.base import Grid, Support
+from gridfield.grids.base import Grid, Support, check_points
 
 
 class DenseGrid(Grid):
@@ -20,7 +22,10 @@ class DenseGrid(Grid):
     within a level the row of node ``(i_0, .., i_{d-1})`` is ``sum_j i_j R**j`` (axis 0 fastest, so a
     level reshaped to ``[R]*d + [F]`` and permuted is exactly ``grid_sample``'s input layout).
 
-    forward: ``[N, d]`` -> ``[N, len(resolutions) * F]``; differentiable in ``x`` and ``features``.
+    forward: ``[N, d]`` -> ``[N, len(resolutions) * F]``; differentiable in ``x`` and ``features`` (twice).
+    backend: ``"auto"`` (fused C++ kernel on CPU float32/float64 when it builds, else the plain PyTorch
+    evaluation of :meth:`support`), ``"fast"`` (force; raises ``FastPathUnavailable``) or ``"reference"``;
+    a plain attribute, not saved in checkpoints; ``$GRIDFIELD_FAST=0`` forces the reference.
     """
 
     def __init__(
@@ -29,8 +34,12 @@ class DenseGrid(Grid):
         resolutions: int | Sequence[int] = 64,
         features_per_level: int = 2,
         init_scale: float = 1e-4,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        check_backend(backend)
+        self.backend = backend
+        self._spec = None
         if dim not in (1, 2, 3):
             raise ValueError(f"DenseGrid supports dim 1, 2 or 3, got {dim}")
         res = [resolutions] if isinstance(resolutions, int) else list(resolutions)
@@ -57,6 +66,31 @@ class DenseGrid(Grid):
             index = ((base.unsqueeze(1) + corners) * strides).sum(-1) + off  # [N, K]
             terms.append(Support(index, nlinear_weights(frac), slice(level * f, (level + 1) * f)))
         return terms
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``[N, len(resolutions) * F]``: the fused kernel (:mod:`gridfield.fast.grid_encode`)
+        where ``backend`` allows (not for subclasses that redefine :meth:`support`), else
+        :meth:`reference_forward`."""
+        check_points(x, self.in_dim, "DenseGrid")
+        own = type(self).support is DenseGrid.support
+        mod = fe.encoder_for(getattr(self, "backend", "auto"), self.features, x, own, "a subclass redefines support")
+        if mod is None:
+            return self.reference_forward(x)
+        return fe.grid_encode(mod, self.features, x, self.encode_spec())
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """Plain evaluation of the formalism from :meth:`support` (the base-class reference)."""
+        return super().forward(x)
+
+    def encode_spec(self):
+        """Per-level constants for the fused kernel (:class:`gridfield.fast.grid_encode.EncodeSpec`)."""
+        if getattr(self, "_spec", None) is None:
+            d = self.in_dim
+            self._spec = fe.make_spec(
+                fe.DENSE, d, self.offsets, [r**d for r in self.resolutions], [False] * len(self.resolutions),
+                [[r**j for j in range(d)] for r in self.resolutions], [0.5 * (r - 1) for r in self.resolutions],
+                [float(r - 1) for r in self.resolutions])
+        return self._spec
 
     def level_table(self, level: int) -> Tensor:
         """Level ``level`` as a ``grid_sample`` input ``[1, F, *[R]*d]`` (a view; differentiable)."""

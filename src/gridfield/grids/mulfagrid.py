@@ -16,6 +16,12 @@ vertex positions; a :class:`~gridfield.grids.mulfa_kernel.MulFAKernel` per suppo
 
 Grid features live in the layout's table(s) (``features``; ``grid_parameters()``); kernel parameters
 are ``kernels.<term>.*`` (``kernel_parameters()``), trained with their own learning rate.
+
+``forward`` has two implementations with the same result: the plain-PyTorch reference (the support
+path, ``backend="reference"``) and a fused C++/OpenMP kernel (:mod:`gridfield.fast.mulfa`, compiled on
+first use), chosen by ``backend="auto"`` where it applies (CPU, float32/64, no gradient wrt ``x``, no
+``torch.func`` transform; ``$GRIDFIELD_FAST=0`` forces the reference). ``support()`` is always the
+reference.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gridfield.fast._build import check_backend
 from gridfield.grids.base import Grid, Support, check_points, interpolate
 from gridfield.grids.dense import DenseGrid
 from gridfield.grids.mulfa_kernel import MulFAKernel
@@ -59,6 +66,13 @@ def lattice_terms(layout: Grid) -> list[tuple[int, tuple[int, ...], int]]:
                      "use a DenseGrid or a PlaneGrid (or layout='dense' / 'planes')")
 
 
+def term_channels(layout: Grid) -> list[tuple[int, int]]:
+    """``(start, stop)`` output channels of each term of ``layout.support`` (same order as :func:`lattice_terms`)."""
+    f = layout.features_per_level
+    per_level = 1 if isinstance(layout, DenseGrid) else len(layout.axes)
+    return [(lv * f, (lv + 1) * f) for lv in range(len(layout.resolutions)) for _ in range(per_level)]
+
+
 def make_layout(layout: str | Grid, dim: int, resolutions: int | Sequence[int], features_per_level: int,
                 **kwargs: Any) -> Grid:
     """A layout instance from a name (``"dense"``, ``"planes"``) or the instance itself."""
@@ -85,6 +99,8 @@ class MulFAGrid(Grid):
         frequencies, width, layers, filter_scale, out_scale, out_bias: the kernel network
             (:class:`MulFAKernel`); ``out_scale``/``out_bias`` default per form (``FORM_DEFAULTS``).
         paper_eps: the paper form's denominator clamp; floor: the stable form's kernel floor.
+        backend: ``"auto"`` (fused C++ kernel where it applies, else the reference), ``"fast"`` (raise
+            ``FastPathUnavailable`` where it cannot be used) or ``"reference"`` (plain PyTorch).
         layout_kwargs: extra layout arguments (``init_scale`` for dense, ``aggregate``/``init`` for planes).
 
     forward: ``[N, dim]`` -> ``[N, out_dim]`` (the layout's), differentiable in ``x``, the features
@@ -95,8 +111,10 @@ class MulFAGrid(Grid):
                  layout: str | Grid = "dense", form: Literal["paper", "stable"] = "stable",
                  frequencies: int = 4, width: int = 16, layers: int = 3, filter_scale: float = 0.5,
                  out_scale: float | None = None, out_bias: float | None = None,
-                 paper_eps: float = 1e-3, floor: float = 1e-6, **layout_kwargs: Any) -> None:
+                 paper_eps: float = 1e-3, floor: float = 1e-6, backend: str = "auto",
+                 **layout_kwargs: Any) -> None:
         super().__init__()
+        check_backend(backend)  # validates the name; "auto" is resolved per call
         if form not in FORMS:
             raise ValueError(f"unknown MulFAGrid form {form!r}; choose one of {FORMS}")
         if paper_eps <= 0 or floor <= 0:
@@ -105,6 +123,8 @@ class MulFAGrid(Grid):
         if lay.in_dim != dim:
             raise ValueError(f"MulFAGrid(dim={dim}) got a layout with in_dim {lay.in_dim}")
         self.lattices = lattice_terms(lay)
+        self.term_channels = term_channels(lay)
+        self.backend = backend
         object.__setattr__(self, "layout", lay)  # not a submodule: its tables are re-registered below
         self.grid_param_names = tuple(lay.grid_param_names)
         for name in self.grid_param_names:
@@ -116,6 +136,16 @@ class MulFAGrid(Grid):
         self.kernels = nn.ModuleList(
             MulFAKernel(len(axes), r, frequencies, width, layers, filter_scale, **kw)
             for r, axes, _ in self.lattices)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``[N, out_dim]`` at ``x`` ``[N, dim]``: the fused kernel or the reference (``backend``)."""
+        check_points(x, self.in_dim, type(self).__name__)
+        from gridfield.fast.mulfa import mulfa_forward, resolve
+
+        ext = resolve(self, x)
+        if ext is None:
+            return self.features_from_support(self.support(x), x.shape[0])
+        return mulfa_forward(self, x, ext)
 
     def normalize(self, raw: Tensor, hat: Tensor) -> Tensor:
         """Kernel weights ``[N, K]`` from raw kernels and hat weights ``[N, K]`` (this grid's form)."""

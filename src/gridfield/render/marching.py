@@ -29,13 +29,17 @@ def ray_bounds(origins: Tensor, dirs: Tensor, near: float, far: float, aabb: Ten
 def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: float, aabb: Tensor,
                occupancy: OccupancyGrid | None = None, stratified: bool = False,
                t_start: Tensor | None = None, t_stop: Tensor | None = None,
-               max_steps: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               max_steps: int | None = None, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """Packed samples along rays ``origins, dirs [N, 3]`` (unit directions).
 
     Samples are intervals ``[t, t + step)`` starting at ``t_start + k * step`` (plus one shared
     uniform offset per ray in ``[0, step)`` when ``stratified``), kept when the interval's midpoint is
     before ``t_stop`` and in an occupied cell. ``t_start``/``t_stop`` default to :func:`ray_bounds`.
     At most ``max_steps`` steps per ray are considered (all by default).
+
+    ``backend``: ``"auto"`` uses the C++ kernel (:mod:`gridfield.fast.render`, same samples bit for bit,
+    same random numbers drawn) on CPU float32, the plain-PyTorch reference otherwise; ``"fast"`` /
+    ``"reference"`` force one.
 
     Returns ``ray_indices [M]`` (long, non-decreasing), ``t_starts [M]``, ``t_ends [M]``.
     Not differentiable (the bounds are not learned).
@@ -54,6 +58,18 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
     if max_steps is not None:
         n_steps = min(n_steps, max_steps)
     rays = torch.nonzero(live)[:, 0]
+    from gridfield.fast import render as fast
+
+    mod = fast.module(backend, origins, dirs, t_start, t_stop)
+    if mod is not None:
+        offset = torch.zeros_like(t_start)
+        if stratified:  # the reference's random numbers: one per live ray
+            offset[rays] = torch.rand(rays.shape[0], device=origins.device) * step
+        return fast.march(mod, origins, dirs, t_start, t_stop, offset, n_steps, step, occupancy)
+    return _march_reference(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays)
+
+
+def _march_reference(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays):
     k = torch.arange(n_steps, device=origins.device, dtype=origins.dtype)
     offset = torch.rand(rays.shape[0], 1, device=origins.device) * step if stratified else 0.0
     t0 = t_start[rays, None] + offset + k * step  # [R, S]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from gridfield.render.marching import march_rays, ray_bounds
 from gridfield.render.occupancy import OccupancyGrid
@@ -31,22 +32,27 @@ class RenderSettings:
     step: float = 0.01
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     weight_threshold: float = 1e-4  # samples with a smaller weight skip the colour evaluation
+    backend: str = "auto"  # fast paths: "auto" | "fast" | "reference" (plain PyTorch everywhere)
 
 
 def _shade(field, origins, dirs, ray_idx, t0, t1, n_rays, s: RenderSettings, trans_in=None):
     """Packed samples -> per-ray rgb sum, opacity, depth sum and per-sample transmittance."""
-    mid = 0.5 * (t0 + t1)
-    x = origins[ray_idx] + dirs[ray_idx] * mid[:, None]
-    sigma, geo = field.density_and_geo(x)
-    w, trans, alpha = render_weight_from_density(t0, t1, sigma, ray_idx)
-    if trans_in is not None:  # continuing rays: scale by the transmittance already spent
-        w = w * trans_in[ray_idx]
-    keep = (w > s.weight_threshold).detach()
-    ki = torch.nonzero(keep)[:, 0]
-    rgb = field.color(x[ki], dirs[ray_idx[ki]], None if geo is None else geo[ki])
-    rgb_sum = accumulate_along_rays(w[ki], rgb, ray_idx[ki], n_rays)
-    opacity = accumulate_along_rays(w, None, ray_idx, n_rays)[:, 0]
-    depth_sum = accumulate_along_rays(w, mid[:, None], ray_idx, n_rays)[:, 0]
+    with record_function("density"):
+        mid = 0.5 * (t0 + t1)
+        x = origins[ray_idx] + dirs[ray_idx] * mid[:, None]
+        sigma, geo = field.density_and_geo(x)
+    with record_function("weights"):
+        w, trans, alpha = render_weight_from_density(t0, t1, sigma, ray_idx, backend=s.backend)
+        if trans_in is not None:  # continuing rays: scale by the transmittance already spent
+            w = w * trans_in[ray_idx]
+        keep = (w > s.weight_threshold).detach()
+        ki = torch.nonzero(keep)[:, 0]
+    with record_function("color"):
+        rgb = field.color(x[ki], dirs[ray_idx[ki]], None if geo is None else geo[ki])
+    with record_function("accumulate"):
+        rgb_sum = accumulate_along_rays(w[ki], rgb, ray_idx[ki], n_rays)
+        opacity = accumulate_along_rays(w, None, ray_idx, n_rays)[:, 0]
+        depth_sum = accumulate_along_rays(w, mid[:, None], ray_idx, n_rays)[:, 0]
     return rgb_sum, opacity, depth_sum, trans * (1 - alpha)
 
 
@@ -54,8 +60,9 @@ def render_rays(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyGrid |
                 settings: RenderSettings, stratified: bool = True) -> dict[str, Tensor]:
     """Differentiable render of rays ``[N, 3]`` (unit directions) in one packed pass (training)."""
     n = origins.shape[0]
-    ray_idx, t0, t1 = march_rays(origins, dirs, settings.near, settings.far, settings.step, aabb,
-                                 occupancy, stratified=stratified)
+    with record_function("march"):
+        ray_idx, t0, t1 = march_rays(origins, dirs, settings.near, settings.far, settings.step, aabb,
+                                     occupancy, stratified=stratified, backend=settings.backend)
     rgb_sum, opacity, depth_sum, _ = _shade(field, origins, dirs, ray_idx, t0, t1, n, settings)
     bg = torch.tensor(settings.background, dtype=rgb_sum.dtype, device=rgb_sum.device)
     return {"rgb": rgb_sum + (1 - opacity)[:, None] * bg, "opacity": opacity,
@@ -78,7 +85,8 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
         o, d = origins[active], dirs[active]
         t_end = torch.minimum(t_lo[active] + chunk_steps * settings.step, t_hi[active])
         ray_idx, t0, t1 = march_rays(o, d, 0.0, 0.0, settings.step, aabb, occupancy,
-                                     t_start=t_lo[active], t_stop=t_end, max_steps=chunk_steps)
+                                     t_start=t_lo[active], t_stop=t_end, max_steps=chunk_steps,
+                                     backend=settings.backend)
         total += ray_idx.numel()
         if ray_idx.numel() > 0:
             rs, op, ds, _ = _shade(field, o, d, ray_idx, t0, t1, active.numel(), settings, trans[active])

@@ -70,11 +70,25 @@ def render_weight_from_alpha(alphas: Tensor, ray_indices: Tensor | None = None) 
 
 
 def render_weight_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Tensor,
-                               ray_indices: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                               ray_indices: Tensor | None = None,
+                               backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """Weights, transmittances and alphas from densities on intervals ``[t_start, t_end)``.
 
     All inputs share one shape (``[..., S]`` padded or ``[M]`` packed); returns ``(w, T, alpha)``.
+    ``backend``: ``"auto"`` uses the fused C++ kernel with its hand-written backward
+    (:mod:`gridfield.fast.render`; differentiable once, in ``sigmas``) on CPU float32 when the
+    intervals need no gradient; ``"fast"`` / ``"reference"`` force one.
     """
+    from gridfield.fast import render as fast
+
+    ok = (t_starts.shape == t_ends.shape == sigmas.shape and not t_starts.requires_grad
+          and not t_ends.requires_grad and (ray_indices is None or ray_indices.dtype == torch.long))
+    if backend != "reference":
+        ok_dev, why = fast._applies(t_starts, t_ends, sigmas, ray_indices)
+        mod = fast.want_fast(backend, fast.NAME, fast.SOURCES, ok and ok_dev,
+                             why or "needs one shape, intervals without gradients, long ray_indices")
+        if mod is not None:
+            return fast.weights_from_density(mod, t_starts, t_ends, sigmas, ray_indices)
     tau = sigmas * (t_ends - t_starts)
     trans = render_transmittance_from_tau(tau, ray_indices)
     alphas = 1.0 - torch.exp(-tau)

@@ -86,6 +86,8 @@ class NerfConfig:
     """Frames of the turntable GIF (0: none); rendered at half the test resolution."""
     seed: int = 0
     """Random seed."""
+    fast: bool = True
+    """Use the C++ fast paths where they apply (compiled on first use); False: plain PyTorch references."""
     device: str = "auto"
     """Torch device: auto (cuda if available), cpu, cuda, ..."""
     progress: bool = True
@@ -365,7 +367,9 @@ def run(cfg: NerfConfig) -> dict:
                              "(OpenGL camera-to-world) or pass --no-carve")
         spec["aabb"] = occ.occupied_aabb(margin_cells=2).tolist()
     field = build_field_from_spec(spec).to(dev)
-    settings = RenderSettings(train.near, train.far, _step_size(field, spec, cfg.step_ratio), bg)
+    backend = "auto" if cfg.fast else "reference"
+    field.set_backend(backend)
+    settings = RenderSettings(train.near, train.far, _step_size(field, spec, cfg.step_ratio), bg, backend=backend)
     settings, stats = train_nerf(field, occ, train, spec, cfg, settings)
     cfg.out.mkdir(parents=True, exist_ok=True)
     field.eval()

@@ -1,0 +1,173 @@
+"""MulFAGrid fast path: a fused C++/OpenMP kernel per support term (``csrc/mulfa.cpp``).
+
+Same signature and result as the plain-PyTorch reference ``MulFAGrid.forward`` (``[N, d] -> [N, C]``):
+for each support term the kernel evaluates the layout's ``U(x)``, the MFN kernel network, the form's
+normalisation and the gather ``sum_k phi_k w_k`` in one pass per point; the terms are then aggregated
+(concatenated / summed / multiplied) with ordinary PyTorch ops. Backward is hand-written: gradients of the
+grid features and of every kernel parameter, recomputing the per-point forward instead of saving
+activations. Not supported (the caller uses the reference): gradients wrt ``x`` (SDF eikonal losses,
+double backward), ``torch.func`` transforms (GTK Jacobians), non-CPU tensors, dtypes other than
+float32/float64, x86-64 CPUs without AVX2/FMA (the kernel is compiled for AVX2 only, to keep the build
+near a minute). The backward itself is not differentiable (``create_graph`` through it raises, via
+``once_differentiable``). Compiled on first use (see :mod:`gridfield.fast._build`; about a minute and a
+half on a 2-core machine, then cached on disk); nothing happens at import.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from gridfield.fast._build import FastPathUnavailable, want_fast
+
+if TYPE_CHECKING:
+    from gridfield.grids.mulfagrid import MulFAGrid
+
+NAME = "gridfield_mulfa"
+SOURCES = ("mulfa.cpp",)
+FORM_CODES = {"stable": 0, "paper": 1}
+
+
+def _transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jacrev) is running (the kernel does not support them)."""
+    try:
+        from torch._C._functorch import peek_interpreter_stack
+    except ImportError:  # pragma: no cover - very old torch
+        return False
+    return peek_interpreter_stack() is not None
+
+
+def fast_applies(grid: MulFAGrid, x: Tensor) -> tuple[bool, str]:
+    """``(applies, why not)`` of the fused CPU kernel for this grid and these points."""
+    if x.device.type != "cpu":
+        return False, f"no {x.device.type} kernel (CPU only)"
+    if x.dtype not in (torch.float32, torch.float64):
+        return False, f"dtype {x.dtype} (float32 or float64 only)"
+    params = [grid.features, *grid.kernels.parameters()]
+    if any(p.dtype != x.dtype or p.device.type != "cpu" for p in params):
+        return False, "the points, features and kernel parameters must share dtype and device"
+    if x.requires_grad and torch.is_grad_enabled():
+        return False, "gradients wrt x (eikonal / double backward) are only in the reference"
+    if _transforms_active():
+        return False, "torch.func transforms (vmap/jacrev) run the reference"
+    if any(len(axes) > 3 for _, axes, _ in grid.lattices):
+        return False, "lattices with more than 3 axes"
+    return True, ""
+
+
+def resolve(grid: MulFAGrid, x: Tensor):
+    """The compiled module when the fast path is to be used for this call, else ``None`` (reference).
+
+    ``grid.backend == "fast"`` raises :class:`~gridfield.fast.FastPathUnavailable` when it cannot apply.
+    """
+    ok, why = fast_applies(grid, x)
+    backend = getattr(grid, "backend", "auto")
+    ext = want_fast(backend, NAME, SOURCES, ok, why)
+    if ext is not None and not ext.cpu_supported():  # x86-64 without AVX2/FMA
+        if backend == "fast":
+            raise FastPathUnavailable(f"fast path '{NAME}' needs a CPU with AVX2 and FMA")
+        return None
+    return ext
+
+
+def _term_params(kernel) -> list[Tensor]:
+    """``[W0, b0, W1, b1, ..., theta, psi, w_out, b_out]`` of one :class:`MulFAKernel` (the apply order)."""
+    out: list[Tensor] = []
+    for lin in kernel.linears:
+        out += [lin.weight, lin.bias]
+    return out + [kernel.filter_freq, kernel.filter_phase, kernel.out.weight, kernel.out.bias]
+
+
+class _Terms(torch.autograd.Function):
+    """Values ``[N, F]`` of every support term; differentiable in the table and the kernel parameters."""
+
+    @staticmethod
+    def forward(ctx, ext, spec, x, table, *params):
+        ctx.ext, ctx.spec = ext, spec
+        ctx.save_for_backward(x, table, *params)
+        return tuple(ext.term_forward(x, table, *geo, *_packed(p)) for geo, p in _split(spec, params))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *dvals):
+        x, table, *params = ctx.saved_tensors
+        ext, spec = ctx.ext, ctx.spec
+        need = ctx.needs_input_grad
+        dtable = torch.zeros_like(table) if need[3] else None
+        grads: list[Tensor | None] = []
+        start = 4
+        for (geo, p), dval in zip(_split(spec, params), dvals):
+            n_p = len(p)
+            kernel_grad = any(need[start : start + n_p])
+            if dval is None or not (kernel_grad or dtable is not None):
+                grads += [None] * n_p
+                start += n_p
+                continue
+            g = ext.term_backward(x, table, *geo, *_packed(p), dval.contiguous(), kernel_grad, dtable)
+            grads += _unpacked(g, p) if kernel_grad else [None] * n_p
+            start += n_p
+        return (None, None, None, dtable, *grads)
+
+
+def _split(spec, params):
+    """Per term: ``((axes, r, offset, L, form, paper_eps, floor), its parameter list)``."""
+    i = 0
+    for geo, n_p in spec:
+        yield geo, params[i : i + n_p]
+        i += n_p
+
+
+def _packed(p) -> list[Tensor]:
+    """A term's parameters in the kernel's order ``W0, b0, Wh [M-1, W, W], bh [M-1, W], theta, psi, wout, bout``."""
+    w0, b0, *hidden = p[:-4]
+    theta, psi, wout, bout = p[-4:]
+    width = theta.shape[1]
+    if hidden:
+        wh = torch.stack(hidden[0::2])
+        bh = torch.stack(hidden[1::2])
+    else:
+        wh = theta.new_zeros(0, width, width)
+        bh = theta.new_zeros(0, width)
+    return [w0.contiguous(), b0.contiguous(), wh, bh, theta.contiguous(), psi.contiguous(),
+            wout.contiguous(), bout.contiguous()]
+
+
+def _unpacked(g: list[Tensor], p) -> list[Tensor]:
+    """Gradients from the kernel's order back to the per-parameter list of :func:`_term_params`."""
+    dw0, db0, dwh, dbh, dth, dpsi, dwout, dbout = g
+    hidden: list[Tensor] = []
+    for w, b in zip(dwh.unbind(0), dbh.unbind(0)):
+        hidden += [w, b]
+    return [dw0, db0, *hidden, dth, dpsi, dwout.view_as(p[-2]), dbout.view_as(p[-1])]
+
+
+def mulfa_forward(grid: MulFAGrid, x: Tensor, ext) -> Tensor:
+    """Fast ``grid.forward(x)``: ``[N, d]`` -> ``[N, out_dim]`` (differentiable in features and kernel params)."""
+    if torch.isnan(x).any():
+        raise ValueError("MulFAGrid got NaN points")
+    spec, params = [], []
+    form = FORM_CODES[grid.form]
+    for (r, axes, off), kernel in zip(grid.lattices, grid.kernels):
+        p = _term_params(kernel)
+        spec.append(((list(axes), r, off, kernel.frequencies, form, float(grid.paper_eps), float(grid.floor)),
+                     len(p)))
+        params += p
+    vals = _Terms.apply(ext, tuple(spec), x.contiguous(), grid.features, *params)
+    return aggregate(vals, grid.term_channels, grid.aggregate, grid.out_dim)
+
+
+def aggregate(vals, channels: list[tuple[int, int]], how: str, out_dim: int) -> Tensor:
+    """Terms writing the same channel block are summed (``"sum"``) or multiplied (``"product"``); blocks
+    are concatenated in channel order (they tile ``[0, out_dim)``)."""
+    blocks: dict[tuple[int, int], Tensor] = {}
+    for v, key in zip(vals, channels):
+        if key not in blocks:
+            blocks[key] = v
+        else:
+            blocks[key] = blocks[key] * v if how == "product" else blocks[key] + v
+    keys = sorted(blocks)
+    if keys[0][0] != 0 or keys[-1][1] != out_dim:
+        raise RuntimeError(f"MulFAGrid: term channels {keys} do not tile {out_dim}")
+    return torch.cat([blocks[k] for k in keys], dim=1) if len(keys) > 1 else blocks[keys[0]]
