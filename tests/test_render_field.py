@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from gridfield.fields.radiance import RadianceField, grid_features, refit_dense, total_variation
+from gridfield.fields.radiance import RadianceField, refit_dense, total_variation
 from gridfield.models import make_grid
 from gridfield.render.sh import sh_basis
 
@@ -17,7 +17,7 @@ def test_dense_fast_path_matches_reference_values_and_gradients():
         grid.features.normal_(generator=g)
     x = torch.rand(300, 3, generator=g) * 2.2 - 1.1  # some outside: clamped like the reference
     cot = torch.randn(300, 5, generator=g)
-    fast = grid_features(grid, x)
+    fast = grid(x)  # the fused kernel (backend "auto")
     (gf,) = torch.autograd.grad((fast * cot).sum(), grid.features)
     ref = grid.reference_forward(x)  # the plain-PyTorch formalism, not the grid's (fast) forward
     (gr,) = torch.autograd.grad((ref * cot).sum(), grid.features)
@@ -40,8 +40,8 @@ def test_refit_reproduces_a_linear_field_on_the_shrunk_box():
     assert refit_dense(field, box, 13, 11)
     assert field.density_grid.resolutions == [13] and field.color_grid.resolutions == [11]
     x = box[:3] + torch.rand(200, 3) * (box[3:] - box[:3])
-    torch.testing.assert_close(grid_features(field.density_grid, field.to_unit(x))[:, 0], x @ a, atol=1e-5, rtol=0)
-    torch.testing.assert_close(grid_features(field.color_grid, field.to_unit(x))[:, 1], x[:, 2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(field.density_grid(field.to_unit(x))[:, 0], x @ a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(field.color_grid(field.to_unit(x))[:, 1], x[:, 2], atol=1e-5, rtol=0)
 
 
 def test_total_variation_of_a_ramp():

@@ -29,10 +29,11 @@ def _applies(*tensors: Tensor) -> tuple[bool, str]:
     return True, ""
 
 
-def module(backend: str, *tensors: Tensor):
-    """The compiled module when ``backend`` asks for the fast path and it applies to ``tensors``, else None."""
-    ok, why = _applies(*tensors)
-    return want_fast(backend, NAME, SOURCES, ok, why)
+def module(backend: str, *tensors: Tensor, applies: bool = True, why: str = ""):
+    """The compiled module when ``backend`` asks for the fast path and it applies to ``tensors`` (CPU,
+    float32) and to the caller's own condition ``applies`` (``why`` says why not), else None."""
+    ok, why_dev = _applies(*tensors)
+    return want_fast(backend, NAME, SOURCES, ok and applies, why_dev or why)
 
 
 def march(mod, origins: Tensor, dirs: Tensor, t_start: Tensor, t_stop: Tensor, offset: Tensor, n_steps: int,

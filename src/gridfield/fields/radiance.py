@@ -98,7 +98,7 @@ class RadianceField(nn.Module):
 
     # -- evaluation ---------------------------------------------------------------------------
     def _density_and_geo(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        h = grid_features(self.density_grid, self.to_unit(x))
+        h = self.density_grid(self.to_unit(x))
         if self.density_head is not None:
             h = self.density_head(h)
         sigma = F.softplus(h[:, 0] + self.shift) * self.sigma_scale
@@ -114,7 +114,7 @@ class RadianceField(nn.Module):
         ``geo``: the shared layout's appearance features from :meth:`density_and_geo` (recomputed if None).
         """
         if self.color_grid is not None:
-            feat = grid_features(self.color_grid, self.to_unit(x))
+            feat = self.color_grid(self.to_unit(x))
         else:
             feat = geo if geo is not None else self._density_and_geo(x)[1]
         if self.appearance == "sh":
@@ -122,7 +122,7 @@ class RadianceField(nn.Module):
             return sh_to_rgb(coefs.view(-1, 3, (self.sh_degree + 1) ** 2), sh_basis(dirs, self.sh_degree))
         view = sh_basis(dirs, self.view_degree)
         if check_backend(self.backend) != "reference" and chunked_mlp_applies(self.color_head, feat, view):
-            return torch.sigmoid(chunked_mlp(self.color_head, feat, view))
+            return torch.sigmoid(chunked_mlp(self.color_head, feat, view, backend=self.backend))
         return torch.sigmoid(self.color_head(torch.cat([feat, view], -1)))
 
     def density_and_geo(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -142,15 +142,17 @@ def chunked_mlp_applies(head, feat: Tensor, extra: Tensor) -> bool:
             and feat.shape[0] > 0 and not torch._C._are_functorch_transforms_active())
 
 
-def chunked_mlp(head: MLPDecoder, feat: Tensor, extra: Tensor, chunk: int | None = None) -> Tensor:
+def chunked_mlp(head: MLPDecoder, feat: Tensor, extra: Tensor, chunk: int | None = None,
+                backend: str = "auto") -> Tensor:
     """``head(cat([feat, extra], -1))`` evaluated ``chunk`` rows at a time (forward and backward), so
     each layer's activations are reused from cache instead of streamed through memory, and the input
     gradient is computed for ``feat``'s columns only. Same values as the reference up to float32
     summation order; differentiable once in ``feat`` and the head's parameters (``extra``: constant).
-    ``chunk`` defaults to :data:`MLP_CHUNK` rows."""
+    ``chunk`` defaults to :data:`MLP_CHUNK` rows. ``backend``: the C++ chunk loop where it is built
+    (``"auto"``), forced (``"fast"``), or the plain-PyTorch chunk loop (``"reference"``)."""
     chunk = chunk or MLP_CHUNK
     params = [t for layer in head if isinstance(layer, nn.Linear) for t in (layer.weight, layer.bias)]
-    return _ChunkedMLP.apply(feat, extra, chunk, *params)
+    return _ChunkedMLP.apply(feat, extra, chunk, backend, *params)
 
 
 class _ChunkedMLP(torch.autograd.Function):
@@ -158,13 +160,13 @@ class _ChunkedMLP(torch.autograd.Function):
     one parallel region per pass, whole chunks per thread) when it is built, else a Python loop."""
 
     @staticmethod
-    def forward(ctx, feat, extra, chunk, *params):
+    def forward(ctx, feat, extra, chunk, backend, *params):
         from gridfield.fast import render as fast
 
         x = torch.cat([feat, extra], -1)
         ws, bs = params[0::2], params[1::2]
         m = x.shape[0]
-        ctx.mod = mod = fast.module("auto", x)
+        ctx.mod = mod = fast.module(backend, x)
         ctx.chunk, ctx.n_feat, ctx.n_layers = chunk, feat.shape[1], len(ws)
         if mod is not None:
             acts = mod.mlp_forward(x, list(ws), list(bs), chunk)
@@ -192,7 +194,7 @@ class _ChunkedMLP(torch.autograd.Function):
         need_feat = ctx.needs_input_grad[0]
         if ctx.mod is not None:
             out = ctx.mod.mlp_backward(grad, x, list(ws), list(hidden), ctx.n_feat, need_feat, ctx.chunk)
-            return (out[-1] if need_feat else None, None, None, *out[:-1])
+            return (out[-1] if need_feat else None, None, None, None, *out[:-1])
         gws = [torch.zeros_like(w) for w in ws]
         gbs = [w.new_zeros(w.shape[0]) for w in ws]
         m, chunk = x.shape[0], ctx.chunk
@@ -209,19 +211,10 @@ class _ChunkedMLP(torch.autograd.Function):
             if need_feat:
                 torch.mm(g, w_feat, out=gfeat[s : s + chunk])
         grads = [t for pair in zip(gws, gbs) for t in pair]
-        return (gfeat, None, None, *grads)
+        return (gfeat, None, None, None, *grads)
 
 
-# -- grid evaluation, coarse-to-fine refitting and total variation ------------------------------------
-def grid_features(grid: Grid, x: Tensor) -> Tensor:
-    """``grid(x)`` ``[N, out_dim]`` at ``x [N, 3]`` in ``[-1, 1]^3``: the grid's own forward, with the
-    grid's ``backend`` (set by :meth:`RadianceField.set_backend`). For ``DenseGrid`` / ``HashGrid`` that is
-    the fused kernel of :mod:`gridfield.fast.grid_encode` (one kernel for every dense and hash grid: a
-    single dense level splits the table-gradient scatter by rows between threads and writes into a
-    reused gradient buffer) or the plain-PyTorch reference. Differentiable in the grid and ``x``."""
-    return grid(x)
-
-
+# -- coarse-to-fine refitting and total variation ----------------------------------------------------
 def dense_resolution(grid: Grid | None) -> int | None:
     """The resolution of a single-level 3D ``DenseGrid`` (the grids that can be refitted), else None."""
     from gridfield.grids.dense import DenseGrid

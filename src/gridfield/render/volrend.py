@@ -83,12 +83,10 @@ def render_weight_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Tensor,
 
     ok = (t_starts.shape == t_ends.shape == sigmas.shape and not t_starts.requires_grad
           and not t_ends.requires_grad and (ray_indices is None or ray_indices.dtype == torch.long))
-    if backend != "reference":
-        ok_dev, why = fast._applies(t_starts, t_ends, sigmas, ray_indices)
-        mod = fast.want_fast(backend, fast.NAME, fast.SOURCES, ok and ok_dev,
-                             why or "needs one shape, intervals without gradients, long ray_indices")
-        if mod is not None:
-            return fast.weights_from_density(mod, t_starts, t_ends, sigmas, ray_indices)
+    mod = fast.module(backend, t_starts, t_ends, sigmas, ray_indices, applies=ok,
+                      why="needs one shape, intervals without gradients, long ray_indices")
+    if mod is not None:
+        return fast.weights_from_density(mod, t_starts, t_ends, sigmas, ray_indices)
     tau = sigmas * (t_ends - t_starts)
     trans = render_transmittance_from_tau(tau, ray_indices)
     alphas = 1.0 - torch.exp(-tau)
