@@ -12,6 +12,7 @@ import pytest
 
 from gridfield.cli import main
 from gridfield.data.images import load_image
+from gridfield.outdir import MARKER, write_dir_atomically
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,8 +93,7 @@ def test_bad_inputs_give_one_line_error_and_write_nothing(tmp_path, small_png, c
 
 def test_failure_while_writing_keeps_previous_output(tmp_path, small_png, monkeypatch):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "old.txt").write_text("previous run")
+    write_dir_atomically(out, lambda d: (d / "old.txt").write_text("previous run"))  # a previous output
 
     def broken(*a, **k):
         raise RuntimeError("disk full")
@@ -101,7 +101,8 @@ def test_failure_while_writing_keeps_previous_output(tmp_path, small_png, monkey
     monkeypatch.setattr("gridfield.report.figures.save_psnr_curve", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         main(["image", str(small_png), *TINY, "--steps", "2", "--out", str(out)])
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "old.txt"]
+    assert (out / "old.txt").read_text() == "previous run"
     with pytest.raises(RuntimeError, match="disk full"):  # new parent folders are removed too
         main(["image", str(small_png), *TINY, "--steps", "2", "--out", str(tmp_path / "a" / "b" / "run")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "small.png"]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from gridfield.data.images import DEFAULT_IMAGE, pixel_coords
 from gridfield import checkpoints
 from gridfield.errors import InputError
+from gridfield.outdir import check_out_dir
 from gridfield.metrics import psnr, psnr_from_mse, ssim
 from gridfield.tasks.train import (
     call_hooks,
@@ -282,8 +283,8 @@ def _validate(cfg: ImageConfig) -> torch.device:
         if not ok:
             raise InputError(f"{msg}, got {value}")
     dev = resolve_device(cfg.device)
-    if cfg.out is not None and cfg.out.exists() and not cfg.out.is_dir():
-        raise InputError(f"--out {str(cfg.out)!r} exists and is not a directory")
+    if cfg.out is not None:
+        check_out_dir(cfg.out)
     return dev
 
 
@@ -307,7 +308,7 @@ def run(cfg: ImageConfig) -> dict:
         field = build_spec(spec).to(dev)
     except ValueError as e:  # e.g. an identity decoder on a grid whose features are not the colours
         raise InputError(f"cannot build model {cfg.model!r} with decoder {cfg.decoder!r}: {e}") from None
-    out = cfg.out or Path("outputs") / "image" / f"{Path(cfg.image).stem}-{cfg.model}"
+    out = check_out_dir(cfg.out or Path("outputs") / "image" / f"{Path(cfg.image).stem}-{cfg.model}")
     lr_grid, lr_other = image_lr(cfg.model)
     lr_grid, lr_other = cfg.lr_grid or lr_grid, cfg.lr_other or lr_other
     try:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from gridfield.checkpoints import cpu_state, read_checkpoint
 from gridfield.errors import InputError
+from gridfield.outdir import check_out_dir
 from gridfield.tasks.train import call_hooks, cosine_factor, make_optimizer, resolve_device, seed_everything
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
@@ -290,8 +291,8 @@ def _validate(cfg: SDFConfig) -> torch.device:
         if not ok:
             raise InputError(f"{msg}, got {value}")
     dev = resolve_device(cfg.device)
-    if cfg.out is not None and cfg.out.exists() and not cfg.out.is_dir():
-        raise InputError(f"--out {str(cfg.out)!r} exists and is not a directory")
+    if cfg.out is not None:
+        check_out_dir(cfg.out)
     return dev
 
 
@@ -318,6 +319,7 @@ def run(cfg: SDFConfig) -> dict:
 
     dev = _validate(cfg)
     mesh, name = load_mesh(cfg.mesh)
+    out = check_out_dir(cfg.out or Path("outputs") / "sdf" / f"{name}-{cfg.model}")
     unit, norm = normalize(mesh)
     spec = sdf_field_spec(cfg.model, cfg.param_budget, cfg.decoder)
     pts, sdf = cached_samples(unit, name, cfg.samples, cfg.ratio, cfg.sigma, cfg.seed)
@@ -341,7 +343,6 @@ def run(cfg: SDFConfig) -> dict:
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     export = pred_mesh.copy()
     export.vertices = norm.from_unit(pred_mesh.vertices)
-    out = cfg.out or Path("outputs") / "sdf" / f"{name}-{cfg.model}"
 
     def write(d: Path) -> None:
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

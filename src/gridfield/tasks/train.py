@@ -13,17 +13,15 @@ so it can read or edit gradients).
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from gridfield.outdir import write_dir_atomically  # noqa: F401 - re-exported for the tasks
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,30 +85,3 @@ def call_hooks(hooks: Sequence[Any] | None, stage: str, step: int, field: nn.Mod
             h(step, field, loss)
         elif hasattr(h, stage):
             getattr(h, stage)(step, field, loss)
-
-
-def write_dir_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a fresh temporary directory beside ``out``, then swap it into place.
-
-    On any error the temporary directory (and any parent folders created for it) is removed and
-    ``out`` is left as it was: a task never leaves a half-written output folder.
-    """
-    out = Path(out).absolute()
-    created = [p for p in reversed(out.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "d")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in reversed(created):
-            if p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
-        raise
