@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gridfield.fields import Field, make_decoder
-from gridfield.gtk.analysis_common import single_thread
+from gridfield.threads import single_thread
 from gridfield.models import grid_classes, make_grid
 
 SMALL = {

@@ -21,7 +21,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def one_thread():
     """One torch thread for tiny problems (no OpenMP hand-offs on a busy 2-core machine); restored after."""
-    from gridfield.gtk.analysis_common import single_thread
+    from gridfield.threads import single_thread
 
     with single_thread():
         yield

@@ -5,11 +5,11 @@ import json
 import numpy as np
 
 from _gtk_models import one_torch_thread  # noqa: F401 (autouse fixture)
+from gridfield.analyses.bound_map import BoundMapConfig, two_point_quadratic
+from gridfield.analyses.bound_map import run as run_bound_map
+from gridfield.analyses.spectra import SpectraConfig
+from gridfield.analyses.spectra import run as run_spectra
 from gridfield.cli import main
-from gridfield.gtk.analysis_bound_map import BoundMapConfig, two_point_quadratic
-from gridfield.gtk.analysis_bound_map import run as run_bound_map
-from gridfield.gtk.analysis_spectra import SpectraConfig
-from gridfield.gtk.analysis_spectra import run as run_spectra
 
 
 def test_two_point_quadratic_closed_form():

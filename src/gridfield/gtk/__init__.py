@@ -1,7 +1,8 @@
 """The grid tangent kernel (GTK) toolkit: exact, sparse and matrix-free kernels, spectra, the bound,
 training-dynamics prediction (Theorem 1) and drift (Theorem 2). See ``docs/gtk.md``.
 
-Importing this package does no work; the analyses (``gridfield gtk-*``) live in ``gridfield.gtk.analysis_*``.
+Importing this package does no work; the paper's analyses (``gridfield gtk-*``) live in
+:mod:`gridfield.analyses`.
 """
 
 from gridfield.gtk.bound import Bound, bound, conjugate_gradient

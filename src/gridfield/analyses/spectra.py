@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from gridfield.analyses import common as ac
 from gridfield.errors import InputError
-from gridfield.gtk import analysis_common as ac
 from gridfield.gtk.engine import gtk
 from gridfield.gtk.spectra import eigenspectrum, fourier_spectrum
+from gridfield.threads import single_thread
 
 
 @dataclass
@@ -43,7 +44,7 @@ def _one(field, shape):
 
 def run(cfg: SpectraConfig) -> dict:
     """Compute, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with ac.single_thread():
+    with single_thread():
         return _run(cfg)
 
 

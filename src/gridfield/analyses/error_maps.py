@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gridfield.analyses import common as ac
 from gridfield.errors import InputError
-from gridfield.gtk import analysis_common as ac
+from gridfield.threads import single_thread
 
 
 @dataclass
@@ -56,7 +57,7 @@ def fit_models(cfg, img, holdout: float = 0.0) -> dict:
 
 def run(cfg: ErrorMapsConfig) -> dict:
     """Fit, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with ac.single_thread():
+    with single_thread():
         return _run(cfg)
 
 

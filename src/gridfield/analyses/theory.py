@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gridfield.analyses import common as ac
 from gridfield.errors import InputError
-from gridfield.gtk import analysis_common as ac
 from gridfield.gtk.bound import bound
 from gridfield.gtk.drift import drift
 from gridfield.gtk.dynamics import frequency_energy, predict_dynamics
 from gridfield.gtk.engine import gtk
+from gridfield.threads import single_thread
 
 
 DRIFT_DECODERS = {"identity": ":", "linear": "-", "mlp": "--"}  # decoder -> line style of the drift plot
@@ -97,7 +98,7 @@ def gd_vs_prediction(field, x, y, steps: int) -> dict:
 
 def run(cfg: TheoryConfig) -> dict:
     """Run the three experiments, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with ac.single_thread():
+    with single_thread():
         return _run(cfg)
 
 

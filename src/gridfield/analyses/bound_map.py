@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gridfield.analyses import common as ac
 from gridfield.errors import InputError
-from gridfield.gtk import analysis_common as ac
 from gridfield.gtk.engine import gtk
+from gridfield.threads import single_thread
 
 
 @dataclass
@@ -50,7 +51,7 @@ def two_point_quadratic(g: np.ndarray, ys: np.ndarray, ridge: float) -> tuple[np
 
 def run(cfg: BoundMapConfig) -> dict:
     """Compute, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with ac.single_thread():
+    with single_thread():
         return _run(cfg)
 
 

@@ -7,7 +7,6 @@ and writes PNG figures plus one JSON of the numbers into its output folder.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,21 +70,6 @@ def lineup(names, dim: int, decoder: str = "linear", out_dim: int = 1, seed: int
     if not fields:
         raise InputError(f"none of the models {list(names)} supports {dim}-D inputs")
     return fields, skipped
-
-
-@contextmanager
-def single_thread():
-    """Run the small tensor work of an analysis on one torch thread (restored afterwards).
-
-    The analyses use hundreds of points: thread synchronization costs more than it saves, and on a
-    busy 2-core machine two torch threads made these loops 10-40x slower (measured).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def lattice(shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> torch.Tensor:
