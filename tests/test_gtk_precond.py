@@ -81,3 +81,31 @@ def test_no_preconditioner_off_lattice_or_for_other_grids():
     g = gtk(field_of(dict(model="planes", resolutions=[8], features_per_level=2)), pixel_coords(6, 6).double(),
             implementation="operator")
     assert g.preconditioner is None
+
+
+def test_separable_levels_reproduce_the_dense_support():
+    """A dense level's support on a lattice is the Kronecker product of its 1D axis hats; grids without the
+    structure (planes, a subclass with its own support) say None."""
+    from gridfield.grids import DenseGrid, PlaneGrid
+
+    grid = DenseGrid(2, [3, 5], features_per_level=1)
+    x = pixel_coords(6, 4).double()
+    xs, ys = lattice_axes(x)
+    for level, term in zip(grid.separable_levels(), grid.support(x)):
+        a, b = level.rows
+        dense = np.zeros((x.shape[0], b - a))
+        np.add.at(dense, (np.arange(x.shape[0])[:, None], term.index.numpy() - a), term.weight.double().numpy())
+        axis = []
+        for t in (ys, xs):
+            cols, w, v = level.axis(t)
+            m = np.zeros((len(t), v))
+            np.add.at(m, (np.arange(len(t))[:, None], cols), w)
+            axis.append(m)
+        assert np.allclose(np.kron(*axis), dense, atol=1e-6)
+    assert PlaneGrid(2, [4]).separable_levels() is None
+
+    class Flipped(DenseGrid):
+        def support(self, x):
+            return super().support(x.flip(1))
+
+    assert Flipped(2, [4]).separable_levels() is None

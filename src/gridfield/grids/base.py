@@ -12,14 +12,16 @@ For grids that are linear in their features (``aggregate == "sum"``) the feature
 ``channels``. For product factorizations (K-Planes, ``aggregate == "product"``) the features are the
 product of the per-term interpolations, and ``scale`` holds the product of the *other* factors, so
 that ``scale * weight`` is still the exact Jacobian of the features with respect to the term's table
-rows. The GTK toolkit relies only on this interface.
+rows. The GTK toolkit relies only on this interface (plus the optional :meth:`Grid.separable_levels`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,6 +42,19 @@ class Support:
     channels: slice
     param: str = "features"
     scale: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SeparableLevel:
+    """One level whose support is a tensor product of the same 1D hat interpolation along every axis.
+
+    rows: ``(start, stop)`` table rows of the level.
+    axis: ``t [M]`` (1D coordinates in ``[-1, 1]``, NumPy) -> ``(cols [M, 2], weights [M, 2], vertices)``:
+          the two vertices along the axis (0-based, ``< vertices``) and their hat weights per coordinate.
+    """
+
+    rows: tuple[int, int]
+    axis: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, int]]
 
 
 def interpolate(table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
@@ -102,6 +117,14 @@ class Grid(nn.Module):
         ):
             raise RuntimeError(f"{type(self).__name__}: support channels {keys} do not tile {self.out_dim}")
         return torch.cat([blocks[k] for k in keys], dim=1) if len(keys) > 1 else blocks[keys[0]]
+
+    def separable_levels(self) -> list[SeparableLevel] | None:
+        """The levels' tensor-product (separable) structure, or ``None`` when the grid has none (the default).
+
+        Level ``l``'s weight of a point ``x`` on node ``(i_0, .., i_{d-1})`` is ``prod_j a_l(x_j)[i_j]``
+        with ``a_l`` its :attr:`SeparableLevel.axis`; used by the GTK's lattice preconditioner.
+        """
+        return None
 
     def grid_parameters(self) -> dict[str, nn.Parameter]:
         """The node-feature tables ``w`` (the parameters the paper's GTK differentiates)."""

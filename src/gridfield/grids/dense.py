@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from gridfield.fast import grid_encode as fe
 from gridfield.fast._build import check_backend
 from gridfield.functional.interp import corner_offsets, nlinear_weights, scale_to_grid
-from gridfield.grids.base import Grid, Support, check_points
+from gridfield.grids.base import Grid, SeparableLevel, Support, check_points
 
 
 class DenseGrid(Grid):
@@ -92,8 +94,26 @@ class DenseGrid(Grid):
                 [float(r - 1) for r in self.resolutions])
         return self._spec
 
+    def separable_levels(self) -> list[SeparableLevel] | None:
+        """Every level is a tensor product of 1D hats (exact); ``None`` for a subclass that redefines
+        :meth:`support` (its structure is unknown)."""
+        if type(self).support is not DenseGrid.support:
+            return None
+        return [SeparableLevel((off, off + r**self.in_dim), partial(_axis_hats, r))
+                for off, r in zip(self.offsets, self.resolutions)]
+
     def level_table(self, level: int) -> Tensor:
         """Level ``level`` as a ``grid_sample`` input ``[1, F, *[R]*d]`` (a view; differentiable)."""
         r, off = self.resolutions[level], self.offsets[level]
         t = self.features[off : off + r**self.in_dim].reshape(*([r] * self.in_dim), -1)
         return t.permute(self.in_dim, *range(self.in_dim)).unsqueeze(0)
+
+
+def _axis_hats(r: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """1D vertices and hat weights ``[M, 2]`` of a level of resolution ``r`` (``align_corners=True``,
+    clamped to the border), and ``r``."""
+    u = np.clip((t + 1) * 0.5 * (r - 1), 0, r - 1)
+    base = np.clip(np.floor(u), 0, r - 2)
+    frac = u - base
+    base = base.astype(np.int64)
+    return np.stack([base, base + 1], 1), np.stack([1 - frac, frac], 1), r

@@ -22,7 +22,9 @@ clamped either: their uint32 coordinates wrap exactly as in tcnn.
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,7 +40,7 @@ from gridfield.functional.hashing import (
     level_params,
     pos_fract,
 )
-from gridfield.grids.base import Grid, Support, check_points
+from gridfield.grids.base import Grid, SeparableLevel, Support, check_points
 
 
 class HashGrid(Grid):
@@ -170,6 +172,16 @@ class HashGrid(Grid):
         """Plain evaluation of the formalism from :meth:`support` (the base-class reference)."""
         return super().forward(x)
 
+    def separable_levels(self) -> list[SeparableLevel] | None:
+        """Every level as the tensor product of 1D hats of its un-hashed lattice (tcnn's mapping): exact
+        for dense levels up to the border aliasing, collisions ignored for hashed ones; ``None`` for a
+        subclass that redefines the support."""
+        if (type(self).support is not HashGrid.support
+                or type(self).all_levels_support is not HashGrid.all_levels_support):
+            return None
+        return [SeparableLevel((self.offsets[lv], self.offsets[lv + 1]), partial(_axis_hats, self.scales[lv]))
+                for lv in range(self.n_levels)]
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.in_dim}, n_levels={self.n_levels}, F={self.features_per_level}, "
@@ -177,6 +189,17 @@ class HashGrid(Grid):
             f"per_level_scale={self.per_level_scale:.6g}, rows={self.offsets[-1]}, "
             f"hashed_levels={self.hashed_levels()}, backend={getattr(self, 'backend', 'auto')!r}"
         )
+
+
+def _axis_hats(scale: float, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """1D vertices and hat weights ``[M, 2]`` of a level (tcnn's float32 ``pos = x01 * scale + 0.5``),
+    vertices counted from the lowest cell touched, and their number."""
+    pos = ((t.astype(np.float32) + 1) * np.float32(0.5)) * np.float32(scale) + np.float32(0.5)
+    cell = np.floor(pos)
+    frac = (pos - cell).astype(np.float64)
+    cell = cell.astype(np.int64)
+    cols = np.stack([cell, cell + 1], 1) - cell.min()
+    return cols, np.stack([1 - frac, frac], 1), int(cols.max()) + 1
 
 
 def _check_config(dim: int, n_levels: int, f: int, t: int, base: int) -> None:

@@ -1,4 +1,5 @@
-"""A separable preconditioner for the GTK of a full 2D point lattice (pixels), dense and hash grids.
+"""A separable preconditioner for the GTK of a full 2D point lattice (pixels), for grids whose levels are
+tensor products (``Grid.separable_levels()``: dense and hash grids).
 
 On a lattice of points ``(xs[j], ys[i])`` in row-major order (as :func:`gridfield.data.images.pixel_coords`)
 a tensor-product level ``l`` interpolates with 1D hat weights along each axis, so its Jacobian factors as
@@ -44,45 +45,10 @@ def lattice_axes(x: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
     return g[0, :, 0].copy(), g[:, 0, 1].copy()
 
 
-def _hash_axis(grid, level: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """1D corner columns and weights ``[M, 2]`` of a hash-grid level (tcnn mapping, as if dense)."""
-    scale = np.float32(grid.scales[level])
-    pos = ((t.astype(np.float32) + 1) * np.float32(0.5)) * scale + np.float32(0.5)
-    cell = np.floor(pos)
-    frac = (pos - cell).astype(np.float64)
-    cell = cell.astype(np.int64)
-    lo = cell.min()
-    cols = np.stack([cell, cell + 1], 1) - lo
-    return cols, np.stack([1 - frac, frac], 1), int(cols.max()) + 1
-
-
-def _dense_axis(grid, level: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """1D corner columns and weights ``[M, 2]`` of a dense-grid level (``align_corners=True``, clamped)."""
-    r = grid.resolutions[level]
-    u = np.clip((t + 1) * 0.5 * (r - 1), 0, r - 1)
-    base = np.clip(np.floor(u), 0, r - 2)
-    frac = u - base
-    base = base.astype(np.int64)
-    return np.stack([base, base + 1], 1), np.stack([1 - frac, frac], 1), r
-
-
-def _level_rows(grid) -> list[tuple[int, int]] | None:
-    """Table row range of each level, for the grids the preconditioner understands."""
-    from gridfield.grids.dense import DenseGrid
-    from gridfield.grids.hash import HashGrid
-
-    if isinstance(grid, HashGrid):
-        return [(grid.offsets[lv], grid.offsets[lv + 1]) for lv in range(grid.n_levels)]
-    if isinstance(grid, DenseGrid):
-        return [(off, off + r**grid.in_dim) for off, r in zip(grid.offsets, grid.resolutions)]
-    return None
-
-
-def _axis_kernel(grid, level: int, t: np.ndarray) -> tuple[np.ndarray, float]:
-    """1D kernel ``K = A A^T`` ``[M, M]`` of one level along one axis and ``||A||_F^2``."""
-    from gridfield.grids.hash import HashGrid
-
-    cols, w, v = (_hash_axis if isinstance(grid, HashGrid) else _dense_axis)(grid, level, t)
+def _axis_kernel(level, t: np.ndarray) -> tuple[np.ndarray, float]:
+    """1D kernel ``K = A A^T`` ``[M, M]`` of one :class:`~gridfield.grids.base.SeparableLevel` along one
+    axis and ``||A||_F^2``."""
+    cols, w, v = level.axis(t)
     a = sp.csr_matrix((w.ravel(), cols.ravel(), np.arange(0, 2 * len(t) + 1, 2)), shape=(len(t), v))
     return (a @ a.T).toarray(), float((w**2).sum())
 
@@ -118,16 +84,17 @@ class SeparablePreconditioner(LinearOperator):
 
 def lattice_preconditioner(field, x: Tensor, jac: sp.csr_matrix, out_dim: int) -> SeparablePreconditioner | None:
     """The separable preconditioner for ``G = jac jac^T / out_dim`` at points ``x``, or ``None`` when it
-    does not apply (points not a full 2D lattice, or a grid other than dense/hash).
+    does not apply (points not a full 2D lattice, or a grid without ``separable_levels()``).
 
     ``jac``: the grid Jacobian of :func:`gridfield.gtk.jacobian.grid_jacobian` (row-level or stacked form);
     each level's weight ``alpha_l`` is its share of ``||jac||_F^2``. Not differentiable.
     """
     grid = field.grid
     axes = lattice_axes(x) if getattr(grid, "in_dim", None) == 2 else None
-    rows = _level_rows(grid) if axes is not None else None
-    if rows is None:
+    levels = grid.separable_levels() if axes is not None else None
+    if not levels:
         return None
+    rows = [lv.rows for lv in levels]
     xs, ys = axes
     n_rows = rows[-1][1]
     j = jac.tocoo()
@@ -140,10 +107,10 @@ def lattice_preconditioner(field, x: Tensor, jac: sp.csr_matrix, out_dim: int) -
     energy = np.bincount(level_of_row, weights=j.data**2, minlength=len(rows)) / out_dim
     ky, kx = np.zeros((len(ys), len(ys))), np.zeros((len(xs), len(xs)))
     parts = []
-    for lv in range(len(rows)):
-        k_y, ny = _axis_kernel(grid, lv, ys)
-        k_x, nx = _axis_kernel(grid, lv, xs)
-        alpha = energy[lv] / (ny * nx)
+    for level, e in zip(levels, energy):
+        k_y, ny = _axis_kernel(level, ys)
+        k_x, nx = _axis_kernel(level, xs)
+        alpha = e / (ny * nx)
         ky += alpha * k_y
         kx += alpha * k_x
         parts.append((alpha, k_y, k_x))
