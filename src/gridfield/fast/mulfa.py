@@ -1,7 +1,8 @@
 """MulFAGrid fast path: a fused C++/OpenMP kernel per support term (``csrc/mulfa.cpp``).
 
-Same signature and result as the plain-PyTorch reference ``MulFAGrid.forward`` (``[N, d] -> [N, C]``):
-for each support term the kernel evaluates the layout's ``U(x)``, the MFN kernel network, the form's
+Same result as the plain-PyTorch reference ``MulFAGrid.forward`` (``[N, d] -> [N, C]``); like
+:mod:`gridfield.fast.grid_encode` it sees no grid object, only a :class:`MulFASpec` of plain numbers
+and the tensors (points, table, kernel parameters) passed explicitly. For each support term the kernel evaluates the layout's ``U(x)``, the MFN kernel network, the form's
 normalisation and the gather ``sum_k phi_k w_k`` in one pass per point; the terms are then aggregated
 (concatenated / summed / multiplied) with ordinary PyTorch ops. Backward is hand-written: gradients of the
 grid features and of every kernel parameter, recomputing the per-point forward instead of saving
@@ -15,69 +16,98 @@ half on a 2-core machine, then cached on disk); nothing happens at import.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from gridfield.fast._build import FastPathUnavailable, want_fast
 
-if TYPE_CHECKING:
-    from gridfield.grids.mulfagrid import MulFAGrid
+try:  # a private torch API: absent in very old versions
+    from torch._C._functorch import peek_interpreter_stack
+except ImportError:  # pragma: no cover
+    peek_interpreter_stack = None
 
 NAME = "gridfield_mulfa"
 SOURCES = ("mulfa.cpp",)
 FORM_CODES = {"stable": 0, "paper": 1}
 
 
+@dataclass(frozen=True)
+class MulFATerm:
+    """One support term: a lattice over input ``axes`` with ``resolution`` nodes per axis whose rows start
+    at ``offset`` in the table; its kernel network has ``frequencies`` octaves and ``layers`` filter
+    layers; it writes the output ``channels`` ``(start, stop)``."""
+
+    axes: tuple[int, ...]
+    resolution: int
+    offset: int
+    frequencies: int
+    layers: int
+    channels: tuple[int, int]
+
+    @property
+    def n_params(self) -> int:
+        """Kernel tensors of the term: ``W0, b0, .., W_{layers-1}, b_{layers-1}, theta, psi, w_out, b_out``."""
+        return 2 * self.layers + 4
+
+
+@dataclass(frozen=True)
+class MulFASpec:
+    """Plain numbers describing one MulFAGrid for the kernel (the tensors are passed beside it).
+
+    form: ``"stable"`` or ``"paper"``; paper_eps / floor: their constants; aggregate: ``"sum"`` or
+    ``"product"`` over terms writing the same channels; out_dim: the channel count they tile.
+    """
+
+    terms: tuple[MulFATerm, ...]
+    form: str
+    paper_eps: float
+    floor: float
+    aggregate: str
+    out_dim: int
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_params for t in self.terms)
+
+
 def _transforms_active() -> bool:
     """Whether a ``torch.func`` transform (vmap, grad, jacrev) is running (the kernel does not support them)."""
-    try:
-        from torch._C._functorch import peek_interpreter_stack
-    except ImportError:  # pragma: no cover - very old torch
-        return False
-    return peek_interpreter_stack() is not None
+    return peek_interpreter_stack is not None and peek_interpreter_stack() is not None
 
 
-def fast_applies(grid: MulFAGrid, x: Tensor) -> tuple[bool, str]:
-    """``(applies, why not)`` of the fused CPU kernel for this grid and these points."""
+def fast_applies(spec: MulFASpec, x: Tensor, tensors: Sequence[Tensor]) -> tuple[bool, str]:
+    """``(applies, why not)`` of the fused CPU kernel for this grid (``spec``; ``tensors``: its table and
+    kernel parameters) and these points ``x`` ``[N, d]``."""
     if x.device.type != "cpu":
         return False, f"no {x.device.type} kernel (CPU only)"
     if x.dtype not in (torch.float32, torch.float64):
         return False, f"dtype {x.dtype} (float32 or float64 only)"
-    params = [grid.features, *grid.kernels.parameters()]
-    if any(p.dtype != x.dtype or p.device.type != "cpu" for p in params):
+    if any(p.dtype != x.dtype or p.device.type != "cpu" for p in tensors):
         return False, "the points, features and kernel parameters must share dtype and device"
     if x.requires_grad and torch.is_grad_enabled():
         return False, "gradients wrt x (eikonal / double backward) are only in the reference"
     if _transforms_active():
         return False, "torch.func transforms (vmap/jacrev) run the reference"
-    if any(len(axes) > 3 for _, axes, _ in grid.lattices):
+    if any(len(t.axes) > 3 for t in spec.terms):
         return False, "lattices with more than 3 axes"
     return True, ""
 
 
-def resolve(grid: MulFAGrid, x: Tensor):
+def resolve(backend: str, spec: MulFASpec, x: Tensor, table: Tensor, params: Sequence[Tensor]):
     """The compiled module when the fast path is to be used for this call, else ``None`` (reference).
 
-    ``grid.backend == "fast"`` raises :class:`~gridfield.fast.FastPathUnavailable` when it cannot apply.
+    ``backend == "fast"`` raises :class:`~gridfield.fast.FastPathUnavailable` when it cannot apply.
     """
-    ok, why = fast_applies(grid, x)
-    backend = getattr(grid, "backend", "auto")
+    ok, why = fast_applies(spec, x, [table, *params])
     ext = want_fast(backend, NAME, SOURCES, ok, why)
     if ext is not None and not ext.cpu_supported():  # x86-64 without AVX2/FMA
         if backend == "fast":
             raise FastPathUnavailable(f"fast path '{NAME}' needs a CPU with AVX2 and FMA")
         return None
     return ext
-
-
-def _term_params(kernel) -> list[Tensor]:
-    """``[W0, b0, W1, b1, ..., theta, psi, w_out, b_out]`` of one :class:`MulFAKernel` (the apply order)."""
-    out: list[Tensor] = []
-    for lin in kernel.linears:
-        out += [lin.weight, lin.bias]
-    return out + [kernel.filter_freq, kernel.filter_phase, kernel.out.weight, kernel.out.bias]
 
 
 class _Terms(torch.autograd.Function):
@@ -111,12 +141,13 @@ class _Terms(torch.autograd.Function):
         return (None, None, None, dtable, *grads)
 
 
-def _split(spec, params):
+def _split(spec: MulFASpec, params):
     """Per term: ``((axes, r, offset, L, form, paper_eps, floor), its parameter list)``."""
-    i = 0
-    for geo, n_p in spec:
-        yield geo, params[i : i + n_p]
-        i += n_p
+    i, form = 0, FORM_CODES[spec.form]
+    for t in spec.terms:
+        yield (list(t.axes), t.resolution, t.offset, t.frequencies, form, spec.paper_eps, spec.floor), \
+            params[i : i + t.n_params]
+        i += t.n_params
 
 
 def _packed(p) -> list[Tensor]:
@@ -135,7 +166,7 @@ def _packed(p) -> list[Tensor]:
 
 
 def _unpacked(g: list[Tensor], p) -> list[Tensor]:
-    """Gradients from the kernel's order back to the per-parameter list of :func:`_term_params`."""
+    """Gradients from the kernel's order back to the per-parameter list (:attr:`MulFATerm.n_params`)."""
     dw0, db0, dwh, dbh, dth, dpsi, dwout, dbout = g
     hidden: list[Tensor] = []
     for w, b in zip(dwh.unbind(0), dbh.unbind(0)):
@@ -143,19 +174,15 @@ def _unpacked(g: list[Tensor], p) -> list[Tensor]:
     return [dw0, db0, *hidden, dth, dpsi, dwout.view_as(p[-2]), dbout.view_as(p[-1])]
 
 
-def mulfa_forward(grid: MulFAGrid, x: Tensor, ext) -> Tensor:
-    """Fast ``grid.forward(x)``: ``[N, d]`` -> ``[N, out_dim]`` (differentiable in features and kernel params)."""
+def mulfa_forward(ext, spec: MulFASpec, x: Tensor, table: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """Fast MulFAGrid forward: ``x [N, d]`` -> ``[N, spec.out_dim]``, differentiable in ``table`` ``[rows, F]``
+    and ``params`` (every term's kernel tensors in the order of :attr:`MulFATerm.n_params`, term after term)."""
+    if len(params) != spec.n_params:
+        raise ValueError(f"MulFAGrid fast path: {len(params)} kernel tensors for a spec of {spec.n_params}")
     if torch.isnan(x).any():
         raise ValueError("MulFAGrid got NaN points")
-    spec, params = [], []
-    form = FORM_CODES[grid.form]
-    for (r, axes, off), kernel in zip(grid.lattices, grid.kernels):
-        p = _term_params(kernel)
-        spec.append(((list(axes), r, off, kernel.frequencies, form, float(grid.paper_eps), float(grid.floor)),
-                     len(p)))
-        params += p
-    vals = _Terms.apply(ext, tuple(spec), x.contiguous(), grid.features, *params)
-    return aggregate(vals, grid.term_channels, grid.aggregate, grid.out_dim)
+    vals = _Terms.apply(ext, spec, x.contiguous(), table, *params)
+    return aggregate(vals, [t.channels for t in spec.terms], spec.aggregate, spec.out_dim)
 
 
 def aggregate(vals, channels: list[tuple[int, int]], how: str, out_dim: int) -> Tensor:

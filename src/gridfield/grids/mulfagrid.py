@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gridfield.fast import mulfa as fm
 from gridfield.fast._build import check_backend
 from gridfield.grids.base import Grid, Support, check_points, interpolate
 from gridfield.grids.dense import DenseGrid
@@ -140,12 +141,27 @@ class MulFAGrid(Grid):
     def forward(self, x: Tensor) -> Tensor:
         """Features ``[N, out_dim]`` at ``x`` ``[N, dim]``: the fused kernel or the reference (``backend``)."""
         check_points(x, self.in_dim, type(self).__name__)
-        from gridfield.fast.mulfa import mulfa_forward, resolve
-
-        ext = resolve(self, x)
+        spec, params = self.fast_spec(), self.kernel_tensors()
+        ext = fm.resolve(getattr(self, "backend", "auto"), spec, x, self.features, params)
         if ext is None:
             return self.features_from_support(self.support(x), x.shape[0])
-        return mulfa_forward(self, x, ext)
+        return fm.mulfa_forward(ext, spec, x, self.features, params)
+
+    def fast_spec(self) -> fm.MulFASpec:
+        """The plain numbers of this grid for the fused kernel (:class:`gridfield.fast.mulfa.MulFASpec`)."""
+        terms = tuple(fm.MulFATerm(tuple(axes), r, off, k.frequencies, len(k.linears), ch)
+                      for (r, axes, off), k, ch in zip(self.lattices, self.kernels, self.term_channels))
+        return fm.MulFASpec(terms, self.form, float(self.paper_eps), float(self.floor), self.aggregate, self.out_dim)
+
+    def kernel_tensors(self) -> list[Tensor]:
+        """Every term's kernel parameters in the fused kernel's order, term after term:
+        ``W0, b0, .., W_{M-1}, b_{M-1}, theta, psi, w_out, b_out`` (:attr:`MulFATerm.n_params` each)."""
+        out: list[Tensor] = []
+        for k in self.kernels:
+            for lin in k.linears:
+                out += [lin.weight, lin.bias]
+            out += [k.filter_freq, k.filter_phase, k.out.weight, k.out.bias]
+        return out
 
     def normalize(self, raw: Tensor, hat: Tensor) -> Tensor:
         """Kernel weights ``[N, K]`` from raw kernels and hat weights ``[N, K]`` (this grid's form)."""
