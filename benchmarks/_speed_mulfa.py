@@ -6,7 +6,7 @@ points: forward + backward of ``(g(x) * cotangent).sum()`` to the features and t
 of ``repeats`` after one warm-up is reported, and the first fast call of the process (which loads, or on a
 clean machine compiles, the extension) separately.
 
-Configurations (stated in each row): the 2D image preset (``image_field_spec("mulfagrid", 3)``: one dense
+Configurations (stated in each row): the 2D image preset (``presets.get("image", "mulfagrid")``: one dense
 level R = 315, F = 3, kernel L = 4, 3 layers of width 16, ~300K parameters) in both forms; the same kernel
 on 2D line factors (``layout="planes"``, R = 300); 3D dense [16, 32, 64] F = 2 (SDF-style levels) and 3D
 tri-plane product [64, 128] F = 4. 16384 points per step (the image preset's batch).
@@ -71,9 +71,9 @@ def kernel_flops_per_point(grid) -> int:
 
 def configs() -> list[tuple[str, dict]]:
     """``(label, MulFAGrid kwargs)`` of the benchmarked configurations."""
-    from gridfield.presets import image_field_spec
+    from gridfield import presets
 
-    spec = image_field_spec("mulfagrid", 3)["grid_kwargs"]
+    spec = presets.get("image", "mulfagrid", out_dim=3).grid_kwargs
     r, f = spec["resolutions"], spec["features_per_level"]
     return [
         (f"2D image preset dense R={r} F={f} stable", {"dim": 2, "resolutions": r, "features_per_level": f}),

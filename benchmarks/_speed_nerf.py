@@ -41,28 +41,24 @@ def prepare(scene: Path = LEGO, warm_steps: int = WARM_STEPS, seed: int = 0) -> 
     """Warmed training state: ``field``, ``occ``, ``settings``, ``data``, ``spec``, ``cfg`` (eager warm-up)."""
     import torch
 
+    from gridfield import presets
     from gridfield.data.blender import load_blender
     from gridfield.fields.radiance import refit_dense
     from gridfield.render.occupancy import OccupancyGrid
     from gridfield.render.pipeline import RenderSettings
-    from gridfield.tasks.nerf import (
-        NerfConfig,
-        _refit_plan,
-        _step_size,
-        build_field_from_spec,
-        model_spec,
-    )
+    from gridfield.tasks.nerf import NerfConfig, _refit_plan, _step_size
     from gridfield.tasks.train import seed_everything
 
     cfg = NerfConfig(scene=scene, progress=False, seed=seed, fast=False)
     seed_everything(seed)
     data = load_blender(scene, "train")
     first = 2 * cfg.aabb_scale / max(8, cfg.resolution // 2) * cfg.step_ratio
-    spec = model_spec(cfg.model, cfg.resolution, cfg.appearance, cfg.aabb_scale, first)
-    occ = OccupancyGrid(torch.tensor(spec["aabb"]), cfg.occ_resolution)
+    spec = presets.get("nerf", cfg.model, resolution=cfg.resolution, appearance=cfg.appearance,
+                       aabb_scale=cfg.aabb_scale, step=first)
+    occ = OccupancyGrid(torch.tensor(list(spec.aabb)), cfg.occ_resolution)
     occ.carve(data.c2w, data.K, data.alphas, data.near)
-    spec["aabb"] = occ.occupied_aabb(margin_cells=2).tolist()
-    field = build_field_from_spec(spec)
+    spec = replace(spec, aabb=occ.occupied_aabb(margin_cells=2).tolist())
+    field = spec.build()
     settings = RenderSettings(data.near, data.far, _step_size(field, spec, cfg.step_ratio), backend="reference")
     state = {"field": field, "occ": occ, "settings": settings, "data": data, "spec": spec, "cfg": cfg}
     trainer = Trainer(state, backend="reference", seed=seed)
@@ -73,8 +69,7 @@ def prepare(scene: Path = LEGO, warm_steps: int = WARM_STEPS, seed: int = 0) -> 
     box = torch.cat([torch.maximum(box[:3], field.aabb[:3]), torch.minimum(box[3:], field.aabb[3:])])
     res = _refit_plan(cfg.resolution)[-1][1]
     refit_dense(field, box, res)
-    spec["density"][1]["resolutions"] = [res]
-    spec["color"][1]["resolutions"] = [res]
+    state["spec"] = spec = spec.refit(res, field.aabb.tolist())
     state["settings"] = replace(settings, step=_step_size(field, spec, cfg.step_ratio))
     state["step"] = trainer.n
     return state
@@ -94,7 +89,7 @@ class Trainer:
         self.field.set_backend(backend)
         self.settings = replace(state["settings"], backend=backend)
         spec = state["spec"]
-        self.opt = _optimizer(self.field, spec["lr_grid"] * lr_scale, spec["lr_other"] * lr_scale)
+        self.opt = _optimizer(self.field, spec.lr_grid * lr_scale, spec.lr_other * lr_scale)
         n, h, w, _ = self.data.images.shape
         self.shape = (n, h, w)
         self.pixels = self.data.images.reshape(-1, 3)

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_results  # noqa: E402
 
+from gridfield import presets  # noqa: E402
 from gridfield.data.images import load_image  # noqa: E402
 from gridfield.models import count_parameters  # noqa: E402
-from gridfield.presets import build_spec, image_field_spec, image_lr  # noqa: E402
 from gridfield.tasks.image import fit_image  # noqa: E402
 
 #: models in table order; learning rates come from ``gridfield.presets.image_lr`` (the Kodak ones).
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
     for model in args.models.split(","):
         if model not in MODELS:
             raise SystemExit(f"error: unknown model {model!r}; choose from {list(MODELS)}")
-        lr_grid, lr_other = image_lr(model)
+        lr_grid, lr_other = presets.image_lr(model)
         torch.manual_seed(args.seed)
-        spec = image_field_spec(model, image.shape[-1], args.budget)
-        field = build_spec(spec)
+        spec = presets.get("image", model, out_dim=image.shape[-1], param_budget=args.budget)
+        field = spec.build()
         t0 = time.time()
         res = fit_image(field, image, steps=args.steps, batch_size=args.batch_size, lr_grid=lr_grid,
                         lr_other=lr_other, holdout=args.holdout, seed=args.seed, progress=False,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"model": model, "params": count_parameters(field), "train_psnr": res.metrics["psnr"],
                "test_psnr": res.metrics["test_psnr"], "train_s": res.metrics["train_seconds"],
                "wall_s": time.time() - t0, "lr_grid": lr_grid, "lr_other": lr_other,
-               "config": spec["grid_kwargs"]}
+               "config": spec.grid_kwargs.to_dict()}
         rows.append(row)
         print(f"{model:16s} params {row['params']:7d} train {row['train_psnr']:6.2f} dB "
               f"test {row['test_psnr']:6.2f} dB  {row['train_s']:6.1f} s", flush=True)

@@ -29,10 +29,10 @@ COLUMNS = ["mesh", "model", "params", "steps", "train_seconds", "iou_grid", "iou
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    from gridfield.tasks.sdf import sdf_models
+    from gridfield import presets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=sdf_models())
+    ap.add_argument("--models", nargs="+", default=presets.models("sdf"))
     ap.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
     ap.add_argument("--param-budget", type=int, default=2_000_000)
     ap.add_argument("--time-budget", type=float, default=300.0, help="training seconds per run")

@@ -25,11 +25,11 @@ import torch
 import tyro
 from torch import Tensor, nn
 
+from gridfield import checkpoints, presets
 from gridfield.data.images import DEFAULT_IMAGE, pixel_coords
-from gridfield import checkpoints
 from gridfield.errors import InputError
-from gridfield.outdir import check_out_dir
 from gridfield.metrics import psnr, psnr_from_mse, ssim
+from gridfield.outdir import check_out_dir
 from gridfield.tasks.train import (
     call_hooks,
     make_optimizer,
@@ -201,10 +201,10 @@ def _progress(steps: int, enabled: bool):
     return tqdm(total=steps, desc="fit", unit="step", dynamic_ncols=True)
 
 
-def save_checkpoint(path: str | Path, field: nn.Module, spec: dict, shape: Sequence[int],
+def save_checkpoint(path: str | Path, field: nn.Module, spec: presets.FieldSpec, shape: Sequence[int],
                     config: dict | None = None) -> None:
-    """Save ``field``'s state with the ``spec`` that rebuilds it (see :func:`gridfield.presets.build_spec`)."""
-    torch.save({"format": CHECKPOINT_FORMAT, "spec": spec, "shape": list(shape), "config": config or {},
+    """Save ``field``'s state with the ``spec`` that rebuilds it (stored as ``spec.to_dict()``)."""
+    torch.save({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "shape": list(shape), "config": config or {},
                 "state_dict": checkpoints.cpu_state(field)}, path)
 
 
@@ -215,10 +215,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def load_checkpoint(path: str | Path) -> nn.Module:
     """Rebuild the field saved by :func:`save_checkpoint` (on CPU, in eval mode)."""
-    from gridfield.presets import build_spec
-
     ck = read_checkpoint(path)
-    field = build_spec(ck["spec"])
+    field = presets.FieldSpec.from_dict(ck["spec"]).build()
     field.load_state_dict(ck["state_dict"])
     return field.eval()
 
@@ -267,10 +265,8 @@ class ImageConfig:
 
 
 def _validate(cfg: ImageConfig) -> torch.device:
-    from gridfield.presets import image_models
-
-    if cfg.model not in image_models():
-        raise InputError(f"unknown model {cfg.model!r}; choose one of {', '.join(image_models())}")
+    if cfg.model not in presets.models("image"):
+        raise InputError(f"unknown model {cfg.model!r}; choose one of {', '.join(presets.models('image'))}")
     checks = [(cfg.steps >= 1, "--steps must be >= 1", cfg.steps),
               (cfg.eval_every >= 1, "--eval-every must be >= 1", cfg.eval_every),
               (cfg.batch_size is None or cfg.batch_size >= 1, "--batch-size must be >= 1", cfg.batch_size),
@@ -296,20 +292,19 @@ def run(cfg: ImageConfig) -> dict:
     """CLI entry: validate, load, fit, then write outputs into ``cfg.out`` atomically; returns metrics."""
     from gridfield.data.images import load_image
     from gridfield.models import count_parameters
-    from gridfield.presets import build_spec, image_field_spec, image_lr
     from gridfield.report.figures import save_error_map, save_image, save_psnr_curve
 
     dev = _validate(cfg)
     img = load_image(cfg.image, max_size=cfg.max_size)
     H, W, C = img.shape
     try:
-        spec = image_field_spec(cfg.model, C, cfg.param_budget, cfg.decoder)
+        spec = presets.get("image", cfg.model, out_dim=C, param_budget=cfg.param_budget, decoder=cfg.decoder)
         seed_everything(cfg.seed)  # the initialisation depends on the seed too
-        field = build_spec(spec).to(dev)
+        field = spec.build().to(dev)
     except ValueError as e:  # e.g. an identity decoder on a grid whose features are not the colours
         raise InputError(f"cannot build model {cfg.model!r} with decoder {cfg.decoder!r}: {e}") from None
     out = check_out_dir(cfg.out or Path("outputs") / "image" / f"{Path(cfg.image).stem}-{cfg.model}")
-    lr_grid, lr_other = image_lr(cfg.model)
+    lr_grid, lr_other = presets.image_lr(cfg.model)
     lr_grid, lr_other = cfg.lr_grid or lr_grid, cfg.lr_other or lr_other
     try:
         res = fit_image(field, img, steps=cfg.steps, batch_size=cfg.batch_size, lr_grid=lr_grid,
@@ -324,7 +319,7 @@ def run(cfg: ImageConfig) -> dict:
                "full_psnr": res.metrics["full_psnr"], "holdout_fraction": res.metrics["holdout_fraction"],
                "image": cfg.image, "shape": [H, W, C], "device": str(dev), "seed": cfg.seed,
                "lr_grid": lr_grid, "lr_other": lr_other, "batch_size": cfg.batch_size,
-               "spec": spec, "config": _config_dict(cfg)}
+               "spec": spec.to_dict(), "config": _config_dict(cfg)}
 
     def write(d: Path) -> None:
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 import tyro
 
+from gridfield import presets
 from gridfield.data.blender import BlenderSplit, load_blender
 from gridfield.errors import InputError
 from gridfield.fields.radiance import RadianceField, dense_resolution, refit_dense, total_variation
@@ -129,65 +130,13 @@ def run_make_scene(cfg: MakeSceneConfig) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# Model presets and the spec that rebuilds a field from a checkpoint
+# Marching step (the models are ``gridfield.presets.get("nerf", model)``: :mod:`gridfield.presets.nerf`)
 # ----------------------------------------------------------------------------------------------
-def model_spec(model: str, resolution: int, appearance: str | None, aabb_scale: float, step: float) -> dict:
-    """The spec of ``model``'s radiance field: grids (name + kwargs), layout, appearance, learning rates.
-
-    dense: DVGO/Plenoxels style, a 1-channel density grid and an appearance grid (12 features + MLP,
-    or 27 SH coefficients), starting at half ``resolution`` (coarse to fine). hash / planes /
-    mulfagrid: one shared grid with Instant-NGP style heads.
-    """
-    r0 = max(8, resolution // 2)
-    s = aabb_scale
-    if model == "dense":
-        app = appearance or "mlp"
-        spec = {"density": ("dense", {"resolutions": [r0], "features_per_level": 1}),
-                "color": ("dense", {"resolutions": [r0], "features_per_level": 12 if app == "mlp" else 27}),
-                "lr_grid": 0.1, "lr_other": 1e-3}
-    elif model == "hash":
-        app = appearance or "mlp"
-        spec = {"density": ("hash", {"n_levels": 12, "features_per_level": 2, "log2_hashmap_size": 17,
-                                     "base_resolution": 16, "finest_resolution": float(max(16, 4 * resolution))}),
-                "color": None, "lr_grid": 1e-2, "lr_other": 1e-2}
-    elif model == "planes":
-        app = appearance or "mlp"
-        spec = {"density": ("planes", {"resolutions": [resolution // 4, resolution], "features_per_level": 16,
-                                       "aggregate": "product"}), "color": None, "lr_grid": 2e-2, "lr_other": 1e-2}
-    elif model == "mulfagrid":
-        app = appearance or "mlp"
-        spec = {"density": ("mulfagrid", {"resolutions": [r0], "features_per_level": 8}), "color": None,
-                "lr_grid": 2e-2, "lr_other": 1e-2}
-    else:
-        raise InputError(f"unknown model {model!r} for nerf; choose dense, hash, planes or mulfagrid")
-    spec["field"] = {"appearance": app, "step": step, "sigma_scale": 1.0 / step,
-                     "alpha_init": 1e-2}
-    spec["aabb"] = [-s, -s, -s, s, s, s]
-    spec["model"], spec["resolution"] = model, resolution
-    return spec
-
-
-def build_field_from_spec(spec: dict) -> RadianceField:
-    """Build the (untrained) radiance field described by ``spec`` (see :func:`model_spec`)."""
-    from gridfield.models import make_grid
-
-    def grid(entry):
-        if entry is None:
-            return None
-        name, kw = entry
-        try:
-            return make_grid(name, 3, **kw)
-        except (ValueError, TypeError) as e:
-            raise InputError(f"cannot build the {name} grid: {e}") from None
-
-    return RadianceField(grid(spec["density"]), grid(spec["color"]), torch.tensor(spec["aabb"]), **spec["field"])
-
-
-def _step_size(field: RadianceField, spec: dict, ratio: float) -> float:
+def _step_size(field: RadianceField, spec: presets.RadianceSpec, ratio: float) -> float:
     """Marching step: ``ratio`` voxels of the dense density grid, or of a ``resolution`` lattice."""
     res = dense_resolution(field.density_grid)
     ext = float((field.aabb[3:] - field.aabb[:3]).max())
-    return ratio * ext / ((res - 1) if res else spec["resolution"])
+    return ratio * ext / ((res - 1) if res else spec.resolution)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,16 +156,17 @@ def _refit_plan(resolution: int) -> list[tuple[float, int]]:
     return [(p, round(resolution * 2 ** ((k + 1 - len(REFITS)) / 3))) for k, p in enumerate(REFITS)]
 
 
-def train_nerf(field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spec: dict, cfg: NerfConfig,
-               settings: RenderSettings) -> tuple[RenderSettings, dict]:
-    """Train ``field`` in place on ``data``; returns the final render settings and training stats."""
+def train_nerf(field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spec: presets.RadianceSpec,
+               cfg: NerfConfig, settings: RenderSettings) -> tuple[RenderSettings, dict, presets.RadianceSpec]:
+    """Train ``field`` in place on ``data``; returns the final render settings, training stats and the spec
+    of the trained field (a new one after coarse-to-fine refits)."""
     from tqdm.auto import tqdm
 
     dev = field.aabb.device
     n, h, w, _ = data.images.shape
     pixels = data.images.reshape(-1, 3).to(dev)
     c2w = data.c2w.to(dev)
-    lr_g, lr_o = cfg.lr_grid or spec["lr_grid"], cfg.lr_other or spec["lr_other"]
+    lr_g, lr_o = cfg.lr_grid or spec.lr_grid, cfg.lr_other or spec.lr_other
     opt = _optimizer(field, lr_g, lr_o)
     plan = _refit_plan(cfg.resolution) if dense_resolution(field.density_grid) else []
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -232,9 +182,7 @@ def train_nerf(field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spe
             box = torch.cat([torch.maximum(box[:3], field.aabb[:3]), torch.minimum(box[3:], field.aabb[3:])])
             res = plan.pop(0)[1]
             refit_dense(field, box, res)
-            spec["density"][1]["resolutions"] = [res]
-            spec["color"][1]["resolutions"] = [res]
-            spec["aabb"] = field.aabb.tolist()
+            spec = spec.refit(res, field.aabb.tolist())
             settings = RenderSettings(**{**asdict(settings), "step": _step_size(field, spec, cfg.step_ratio)})
             opt = _optimizer(field, lr_g, lr_o)
         for g in opt.param_groups:
@@ -263,7 +211,7 @@ def train_nerf(field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spe
     stats = {"steps": step, "train_seconds": seconds, "rays_per_second": rays / max(seconds, 1e-9),
              "samples_per_ray": samples / max(rays, 1), "final_loss": loss_v,
              "final_train_psnr": -10 * math.log10(max(loss_v, 1e-10))}
-    return settings, stats
+    return settings, stats, spec
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,7 +261,7 @@ def load_nerf(path: str | Path, device: str = "cpu") -> tuple[RadianceField, Occ
     from gridfield.render.outputs import read_checkpoint
 
     ck = read_checkpoint(path)
-    field = build_field_from_spec(ck["spec"])
+    field = presets.RadianceSpec.from_dict(ck["spec"]).build()
     field.load_state_dict(ck["state_dict"])
     occ_state = ck["occupancy"]
     occ = OccupancyGrid(occ_state["aabb"], resolution=round(occ_state["ema"].numel() ** (1 / 3)))
@@ -356,26 +304,25 @@ def run(cfg: NerfConfig) -> dict:
     keep = evenly_spaced(test.images.shape[0], cfg.test_views)
     test = BlenderSplit(test.images[keep], test.c2w[keep], test.K, [test.names[i] for i in keep], test.near, test.far)
     first = 2 * cfg.aabb_scale / max(8, cfg.resolution // 2) * cfg.step_ratio
-    spec = model_spec(cfg.model, cfg.resolution, cfg.appearance, cfg.aabb_scale, first)
-    if cfg.alpha_init is not None:
-        spec["field"]["alpha_init"] = cfg.alpha_init
-    occ = OccupancyGrid(torch.tensor(spec["aabb"]), cfg.occ_resolution).to(dev)
+    spec = presets.get("nerf", cfg.model, resolution=cfg.resolution, appearance=cfg.appearance,
+                       aabb_scale=cfg.aabb_scale, step=first, alpha_init=cfg.alpha_init)
+    occ = OccupancyGrid(torch.tensor(list(spec.aabb)), cfg.occ_resolution).to(dev)
     if cfg.carve and train.alphas is not None:
         occ.carve(train.c2w, train.K, train.alphas, train.near)
         if not occ.binary.any():
             raise InputError("carving with the training alpha masks left no occupied cell; check the poses "
                              "(OpenGL camera-to-world) or pass --no-carve")
-        spec["aabb"] = occ.occupied_aabb(margin_cells=2).tolist()
-    field = build_field_from_spec(spec).to(dev)
+        spec = replace(spec, aabb=occ.occupied_aabb(margin_cells=2).tolist())
+    field = spec.build().to(dev)
     backend = "auto" if cfg.fast else "reference"
     field.set_backend(backend)
     settings = RenderSettings(train.near, train.far, _step_size(field, spec, cfg.step_ratio), bg, backend=backend)
-    settings, stats = train_nerf(field, occ, train, spec, cfg, settings)
+    settings, stats, spec = train_nerf(field, occ, train, spec, cfg, settings)
     cfg.out.mkdir(parents=True, exist_ok=True)
     field.eval()
     ev = evaluate(field, occ, test, settings, cfg.out, cfg.save_renders)
     camera = {"K": asdict(train.K), **orbit_camera(train.c2w)}
-    save_checkpoint(cfg.out / "checkpoint.pt", field, occ, spec, asdict(settings), camera)
+    save_checkpoint(cfg.out / "checkpoint.pt", field, occ, spec.to_dict(), asdict(settings), camera)
     if cfg.turntable_frames > 0:
         poses = orbit_poses(cfg.turntable_frames, camera["radius"], camera["elevation"])
         frames = render_path(field, occ, settings, poses, train.K.scaled(2))
@@ -385,7 +332,7 @@ def run(cfg: NerfConfig) -> dict:
                "train_seconds": stats["train_seconds"], "params": count_parameters(field),
                "n_test_views": len(keep), "rays_per_second": stats["rays_per_second"],
                "eval_rays_per_second": ev["eval_rays_per_second"], "model": cfg.model,
-               "appearance": spec["field"]["appearance"], "final_resolution": spec["resolution"],
+               "appearance": spec.field["appearance"], "final_resolution": spec.resolution,
                "device": str(dev), "threads": torch.get_num_threads(),
                **{k: v for k, v in stats.items() if k not in ("train_seconds", "rays_per_second")},
                "psnr_per_view": ev["psnr_per_view"], "ssim_per_view": ev["ssim_per_view"],

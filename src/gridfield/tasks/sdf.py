@@ -1,6 +1,6 @@
-"""3D signed-distance-field fitting from a mesh: presets, the training loop, and ``gridfield sdf``.
+"""3D signed-distance-field fitting from a mesh: the training loop and ``gridfield sdf``.
 
-:func:`sdf_field_spec` gives each 3D grid model an SDF preset near a parameter budget;
+The models come from the registry (``gridfield.presets.get("sdf", model)``, :mod:`gridfield.presets.sdf`);
 :func:`fit_sdf` is the reusable loop (Adam, cosine decay, L1 or MAPE loss, optional eikonal term,
 progress bar with a running IoU estimate); :func:`run` is the CLI (load, normalize, sample,
 fit, evaluate, write ``--out`` atomically).
@@ -19,79 +19,13 @@ import torch
 import tyro
 from torch import Tensor, nn
 
+from gridfield import presets
 from gridfield.checkpoints import cpu_state, read_checkpoint
 from gridfield.errors import InputError
 from gridfield.outdir import check_out_dir
 from gridfield.tasks.train import call_hooks, cosine_factor, make_optimizer, resolve_device, seed_everything
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
-MLP = {"width": 64, "hidden_layers": 2}
-
-
-def _dense(budget: int) -> dict:
-    """Three dense levels ``R/4, R/2, R`` with ``F = 2`` and the largest ``R`` in budget; linear decoder."""
-    r = max(8, int((budget / (2 * (1 + 1 / 8 + 1 / 64))) ** (1 / 3)))
-    return {"decoder": "linear", "grid_kwargs": {"resolutions": [r // 4, r // 2, r], "features_per_level": 2}}
-
-
-def _hash(budget: int) -> dict:
-    """8 levels, ``F = 2``, base 16, finest 512, the largest table ``2^T`` in budget, MLP 64x2.
-
-    (Instant-NGP's 16 levels up to 2048 cost twice the time per step; on a CPU budget the 8-level
-    version reached a higher IoU.)
-    """
-    from gridfield.models import count_parameters
-    from gridfield.presets import build_spec
-
-    def spec(t: int) -> dict:
-        return {"decoder": "mlp", "decoder_kwargs": MLP, "grid_kwargs": {
-            "n_levels": 8, "features_per_level": 2, "log2_hashmap_size": t, "base_resolution": 16,
-            "per_level_scale": (512 / 16) ** (1 / 7)}}
-
-    t = 10
-    while t < 24 and count_parameters(build_spec({"model": "hash", "in_dim": 3, "out_dim": 1,
-                                                  **spec(t + 1)})) <= budget:
-        t += 1
-    return spec(t)
-
-
-def _planes(budget: int) -> dict:
-    """Tri-plane sum at 64/128/256 with ``F`` nearest the budget; MLP decoder (EG3D style)."""
-    res = [64, 128, 256]
-    f = max(1, round(budget / (3 * sum(r * r for r in res))))
-    return {"decoder": "mlp", "decoder_kwargs": MLP,
-            "grid_kwargs": {"resolutions": res, "features_per_level": f, "aggregate": "sum"}}
-
-
-def _mulfagrid(budget: int) -> dict:
-    """Stable MulFAGrid on the dense preset's layout (``R/4, R/2, R``, ``F = 2``); linear decoder."""
-    spec = _dense(budget)
-    spec["grid_kwargs"] = {**spec["grid_kwargs"], "layout": "dense", "form": "stable"}
-    return spec
-
-
-SDF_PRESETS: dict[str, Callable[[int], dict]] = {
-    "dense": _dense, "hash": _hash, "planes": _planes, "mulfagrid": _mulfagrid,
-}
-
-
-def sdf_models() -> list[str]:
-    """Models with an SDF preset whose grid module is available."""
-    from gridfield.models import grid_classes
-
-    available = grid_classes()
-    return [m for m in SDF_PRESETS if m in available]
-
-
-def sdf_field_spec(model: str, budget: int = 2_000_000, decoder: str | None = None) -> dict:
-    """``build_spec`` dict (model, in_dim 3, out_dim 1, decoder, grid_kwargs) of ``model``'s SDF preset."""
-    if model not in sdf_models():
-        raise InputError(f"unknown model {model!r} for sdf; choose one of {', '.join(sdf_models())}")
-    spec = {"model": model, "in_dim": 3, "out_dim": 1, **SDF_PRESETS[model](budget)}
-    if decoder is not None:
-        spec["decoder"] = decoder
-        spec["decoder_kwargs"] = MLP if decoder == "mlp" else None
-    return spec
 
 
 def sdf_loss(pred: Tensor, target: Tensor, kind: str = "mape", eps: float = 1e-2) -> Tensor:
@@ -212,10 +146,9 @@ def load_sdf_checkpoint(path: str | Path):
     import numpy as np
 
     from gridfield.data.meshes import Normalization
-    from gridfield.presets import build_spec
 
     ck = read_checkpoint(path, CHECKPOINT_FORMAT, "SDF")
-    field = build_spec(ck["spec"])
+    field = presets.FieldSpec.from_dict(ck["spec"]).build()
     field.load_state_dict(ck["state_dict"])
     norm = ck["normalization"]
     return field.eval(), Normalization(np.asarray(norm["center"], dtype=np.float64), float(norm["scale"]))
@@ -313,7 +246,6 @@ def run(cfg: SDFConfig) -> dict:
     from gridfield.data.meshes import cached_samples, load_mesh, normalize
     from gridfield.metrics_sdf import evaluate_sdf, ground_truth
     from gridfield.models import count_parameters
-    from gridfield.presets import build_spec
     from gridfield.report.sdf_figures import save_preview, save_slices
     from gridfield.tasks.train import write_dir_atomically
 
@@ -321,10 +253,10 @@ def run(cfg: SDFConfig) -> dict:
     mesh, name = load_mesh(cfg.mesh)
     out = check_out_dir(cfg.out or Path("outputs") / "sdf" / f"{name}-{cfg.model}")
     unit, norm = normalize(mesh)
-    spec = sdf_field_spec(cfg.model, cfg.param_budget, cfg.decoder)
+    spec = presets.get("sdf", cfg.model, param_budget=cfg.param_budget, decoder=cfg.decoder)
     pts, sdf = cached_samples(unit, name, cfg.samples, cfg.ratio, cfg.sigma, cfg.seed)
     torch.manual_seed(cfg.seed)
-    field = build_spec(spec).to(dev)
+    field = spec.build().to(dev)
     set_output_bias(field, float(sdf.mean()))
     gt = ground_truth(unit, name, cfg.iou_resolution, cfg.iou_points, cfg.seed)
     sampler = tensor_sampler(torch.from_numpy(pts).to(dev), torch.from_numpy(sdf).to(dev))
@@ -339,7 +271,7 @@ def run(cfg: SDFConfig) -> dict:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
     metrics = {"mesh": name, "model": cfg.model, **ev, "params": count_parameters(field),
                "train_seconds": seconds, "steps": history[-1]["step"] + 1, "watertight": bool(mesh.is_watertight),
-               "device": str(dev), "spec": spec, "config": config}
+               "device": str(dev), "spec": spec.to_dict(), "config": config}
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     export = pred_mesh.copy()
     export.vertices = norm.from_unit(pred_mesh.vertices)
@@ -350,7 +282,7 @@ def run(cfg: SDFConfig) -> dict:
         export.export(d / "mesh.ply")
         save_slices(d / "sdf_slices.png", volume, unit, title=f"{name}, {cfg.model}")
         save_preview(d / "preview.png", pred_mesh, title=f"{name}, {cfg.model}: IoU {ev['iou_grid']:.4f}")
-        torch.save({"format": CHECKPOINT_FORMAT, "spec": spec, "config": config,
+        torch.save({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "config": config,
                     "normalization": {"center": norm.center.tolist(), "scale": float(norm.scale)},
                     "state_dict": cpu_state(field)},
                    d / "checkpoint.pt")

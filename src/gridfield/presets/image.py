@@ -1,8 +1,8 @@
-"""Model presets: a sensible configuration of each grid model near a parameter budget.
+"""Image presets: a sensible configuration of each 2D model near a parameter budget.
 
-:data:`IMAGE_PRESETS` is a small table ``name -> spec function``; a spec function returns the
-keyword arguments of :func:`gridfield.models.build_field` (plain data, so checkpoints can store it
-and rebuild the field without this table). Add a model with one function and one table line.
+:data:`IMAGE_PRESETS` is a small table ``name -> spec function``; a spec function returns a
+:class:`~gridfield.presets.specs.FieldSpec` (checkpoints store its ``to_dict()`` and rebuild the field
+without this table). Add a model with one function and one table line.
 
 Resulting counts for RGB (``out_dim = 3``) at the default 300K budget (``count_parameters``):
 
@@ -16,7 +16,8 @@ planes     line factors u(x) * v(y) (K-Planes product) at 64, 128,      299,463
            256, 512, F = 155 per level, linear decoder
 =========  ===========================================================  =======
 
-The exact count of a spec is ``count_parameters(image_field(...))``; ``gridfield image`` reports it.
+The exact count of a spec is ``count_parameters(image_field(...))``; ``gridfield image`` reports it
+(``tests/test_presets.py`` asserts these and the other models' counts).
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from gridfield.fields.field import Field
-from gridfield.models import build_field, count_parameters, grid_classes
+from torch import nn
+
+from gridfield.errors import InputError
+from gridfield.functional.hashing import grid_resolution, grid_scale, level_params
+from gridfield.grids.mulfa_kernel import MulFAKernel
+from gridfield.models import count_parameters, grid_classes, reference_classes
+from gridfield.presets.specs import FieldSpec
 
 MLP_WIDTH, MLP_LAYERS = 64, 2
 
@@ -40,14 +46,14 @@ def decoder_params(decoder: str, in_dim: int, out_dim: int) -> int:
     if decoder == "mlp":
         dims = [in_dim] + [MLP_WIDTH] * MLP_LAYERS + [out_dim]
         return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
-    raise ValueError(f"unknown decoder {decoder!r}; choose one of ['identity', 'linear', 'mlp']")
+    raise InputError(f"unknown decoder {decoder!r}; choose one of ['identity', 'linear', 'mlp']")
 
 
-def _spec(model: str, out_dim: int, decoder: str, **grid_kwargs: Any) -> dict:
-    return {"model": model, "in_dim": 2, "out_dim": out_dim, "decoder": decoder, "grid_kwargs": grid_kwargs}
+def _spec(model: str, out_dim: int, decoder: str, **grid_kwargs: Any) -> FieldSpec:
+    return FieldSpec(model, 2, out_dim, decoder, None, grid_kwargs)
 
 
-def dense_spec(out_dim: int, budget: int, decoder: str | None) -> dict:
+def dense_spec(out_dim: int, budget: int, decoder: str | None) -> FieldSpec:
     """One dense level, the largest ``R`` within budget; by default the features are the colours.
 
     Default decoder ``identity`` (``F = out_dim``; DVGO/Plenoxels style: linear, and free of the
@@ -66,14 +72,12 @@ HASH_FINEST = 1024  # finest level of the image preset: above Kodak's 768 px, th
 def hash_grid_params(dim: int, n_levels: int, features: int, log2_hashmap_size: int, base: int,
                      finest: float) -> int:
     """Feature count of a :class:`~gridfield.grids.hash.HashGrid` (tcnn's per-level table sizes)."""
-    from gridfield.functional.hashing import grid_resolution, grid_scale, level_params
-
     b = math.exp(math.log(finest / base) / (n_levels - 1)) if n_levels > 1 else 1.0
     return features * sum(level_params(grid_resolution(grid_scale(lv, b, base)), dim, log2_hashmap_size)
                           for lv in range(n_levels))
 
 
-def hash_spec(out_dim: int, budget: int, decoder: str | None) -> dict:
+def hash_spec(out_dim: int, budget: int, decoder: str | None) -> FieldSpec:
     """Instant-NGP image settings (F = 2, base 16, finest 1024, MLP decoder) filling the budget.
 
     Among ``n_levels`` in 12..16 and table sizes ``2^T``, the largest grid within the budget (ties:
@@ -94,7 +98,7 @@ def hash_spec(out_dim: int, budget: int, decoder: str | None) -> dict:
                  base_resolution=16, finest_resolution=float(HASH_FINEST))
 
 
-def planes_spec(out_dim: int, budget: int, decoder: str | None) -> dict:
+def planes_spec(out_dim: int, budget: int, decoder: str | None) -> FieldSpec:
     """2D line factors ``u(x) * v(y)`` (K-Planes product) at 64..512 with the largest ``F`` in budget."""
     decoder = decoder or "linear"
     res = [64, 128, 256, 512]
@@ -104,15 +108,13 @@ def planes_spec(out_dim: int, budget: int, decoder: str | None) -> dict:
     return _spec("planes", out_dim, decoder, resolutions=res, features_per_level=f, aggregate="product")
 
 
-def mulfagrid_spec(out_dim: int, budget: int, decoder: str | None, form: str = "stable") -> dict:
+def mulfagrid_spec(out_dim: int, budget: int, decoder: str | None, form: str = "stable") -> FieldSpec:
     """One dense level wrapped by MulFAGrid (kernel L=4, 3 layers of 16), largest ``R`` in budget.
 
     Identity decoder by default (``F = out_dim``: a learned linear decoder trained together with the
     kernel was erratic in our runs). Train the kernel with ``lr_other = MULFA_KERNEL_LR``
     (see docs/mulfagrid.md).
     """
-    from gridfield.grids.mulfa_kernel import MulFAKernel
-
     decoder = decoder or "identity"
     f = 4 if decoder == "mlp" else out_dim
     kernel = count_parameters(MulFAKernel(2, 2))
@@ -120,19 +122,19 @@ def mulfagrid_spec(out_dim: int, budget: int, decoder: str | None, form: str = "
     return _spec("mulfagrid", out_dim, decoder, resolutions=r, features_per_level=f, form=form)
 
 
-def _widest(model: str, out_dim: int, budget: int, width_key: str = "width", **kwargs: Any) -> dict:
+def _widest(model: str, out_dim: int, budget: int, width_key: str = "width", **kwargs: Any) -> FieldSpec:
     """The widest ``width`` (multiple of 8) of reference ``model`` within ``budget`` parameters."""
     best = _spec(model, out_dim, "identity", **{width_key: 8}, **kwargs)
     for w in range(16, 1025, 8):
         spec = _spec(model, out_dim, "identity", **{width_key: w}, **kwargs)
-        if count_parameters(build_spec(spec)) > budget:
+        if count_parameters(spec.build()) > budget:
             break
         best = spec
     return best
 
 
 MULFA_KERNEL_LR = 1e-2
-IMAGE_PRESETS_EXTRA: dict[str, Callable[[int, int, str | None], dict]] = {
+IMAGE_PRESETS_EXTRA: dict[str, Callable[[int, int, str | None], FieldSpec]] = {
     "mulfagrid": mulfagrid_spec,
     "mulfagrid-paper": lambda o, b, d: mulfagrid_spec(o, b, d, form="paper"),
     "ffmlp": lambda o, b, d: _widest("ffmlp", o, b, depth=3, num_features=256, seed=0),
@@ -140,8 +142,8 @@ IMAGE_PRESETS_EXTRA: dict[str, Callable[[int, int, str | None], dict]] = {
 }
 
 
-#: model name -> spec function ``(out_dim, param_budget, decoder or None) -> build_field kwargs``.
-IMAGE_PRESETS: dict[str, Callable[[int, int, str | None], dict]] = {
+#: model name -> spec function ``(out_dim, param_budget, decoder or None) -> FieldSpec``.
+IMAGE_PRESETS: dict[str, Callable[[int, int, str | None], FieldSpec]] = {
     "dense": dense_spec,
     "hash": hash_spec,
     "planes": planes_spec,
@@ -169,29 +171,22 @@ def image_lr(model: str) -> tuple[float, float]:
 
 def image_models() -> list[str]:
     """Models with an image preset whose grid module is available."""
-    from gridfield.models import reference_classes
-
     available = set(grid_classes()) | set(reference_classes()) | {"mulfagrid-paper"}
     return [m for m in IMAGE_PRESETS if m in available]
 
 
-def image_field_spec(model: str, out_dim: int, param_budget: int = 300_000, decoder: str | None = None) -> dict:
-    """``build_field`` kwargs of ``model``'s image preset; unknown/unavailable models raise ``ValueError``."""
+def image_field_spec(model: str, out_dim: int = 3, param_budget: int = 300_000,
+                     decoder: str | None = None) -> FieldSpec:
+    """The :class:`FieldSpec` of ``model``'s image preset; unknown/unavailable models raise ``InputError``."""
     if model not in image_models():
-        raise ValueError(f"unknown model {model!r}; choose one of {image_models()}")
+        raise InputError(f"unknown model {model!r} for image; choose one of {', '.join(image_models())}")
     if decoder is not None:
         decoder_params(decoder, 1, 1)  # validates the name
     if param_budget < 1000:
-        raise ValueError(f"param_budget must be at least 1000, got {param_budget}")
+        raise InputError(f"param_budget must be at least 1000, got {param_budget}")
     return IMAGE_PRESETS[model](out_dim, param_budget, decoder)
 
 
-def build_spec(spec: dict) -> Field:
-    """Build the field described by a spec (as returned by :func:`image_field_spec`)."""
-    return build_field(spec["model"], spec["in_dim"], spec["out_dim"], spec["decoder"],
-                       spec.get("decoder_kwargs"), **spec["grid_kwargs"])
-
-
-def image_field(model: str, out_dim: int, param_budget: int = 300_000, decoder: str | None = None) -> Field:
+def image_field(model: str, out_dim: int, param_budget: int = 300_000, decoder: str | None = None) -> nn.Module:
     """A 2D field of ``model`` with ``out_dim`` outputs near ``param_budget`` parameters (see table)."""
-    return build_spec(image_field_spec(model, out_dim, param_budget, decoder))
+    return image_field_spec(model, out_dim, param_budget, decoder).build()

@@ -1,0 +1,57 @@
+"""NeRF presets: each 3D grid model as a :class:`~gridfield.presets.specs.RadianceSpec`.
+
+dense: DVGO/Plenoxels style, a 1-channel density grid and an appearance grid (12 features + MLP, or
+27 SH coefficients), starting at half the final ``resolution`` (coarse to fine: training replaces the
+spec by :meth:`RadianceSpec.refit`). hash / planes / mulfagrid: one shared grid with Instant-NGP style
+heads. These presets were not tuned beyond dense (docs/nerf.md).
+"""
+
+from __future__ import annotations
+
+from gridfield.errors import InputError
+from gridfield.models import grid_classes
+from gridfield.presets.specs import GridSpec, RadianceSpec
+
+NERF_MODELS = ("dense", "hash", "planes", "mulfagrid")
+ALPHA_INIT = 1e-2  # opacity per marching step of the untrained field
+
+
+def nerf_models() -> list[str]:
+    """Models with a NeRF preset whose grid module is available."""
+    available = grid_classes()
+    return [m for m in NERF_MODELS if m in available]
+
+
+def _grids(model: str, resolution: int, appearance: str) -> tuple[GridSpec, GridSpec | None, float, float]:
+    """``(density grid, colour grid or None, lr_grid, lr_other)`` of ``model``."""
+    r0 = max(8, resolution // 2)
+    if model == "dense":
+        return (GridSpec("dense", {"resolutions": [r0], "features_per_level": 1}),
+                GridSpec("dense", {"resolutions": [r0], "features_per_level": 12 if appearance == "mlp" else 27}),
+                0.1, 1e-3)
+    if model == "hash":
+        return (GridSpec("hash", {"n_levels": 12, "features_per_level": 2, "log2_hashmap_size": 17,
+                                  "base_resolution": 16, "finest_resolution": float(max(16, 4 * resolution))}),
+                None, 1e-2, 1e-2)
+    if model == "planes":
+        return (GridSpec("planes", {"resolutions": [resolution // 4, resolution], "features_per_level": 16,
+                                    "aggregate": "product"}), None, 2e-2, 1e-2)
+    return GridSpec("mulfagrid", {"resolutions": [r0], "features_per_level": 8}), None, 2e-2, 1e-2
+
+
+def model_spec(model: str, resolution: int = 128, appearance: str | None = None, aabb_scale: float = 1.5,
+               step: float | None = None, alpha_init: float | None = None) -> RadianceSpec:
+    """The :class:`RadianceSpec` of ``model``'s radiance field in the box ``[-aabb_scale, aabb_scale]^3``.
+
+    ``step``: the marching step the density is scaled for (default: half a voxel of the starting
+    grid, as ``gridfield nerf`` with ``--step-ratio 0.5``); ``alpha_init``: default :data:`ALPHA_INIT`.
+    """
+    if model not in nerf_models():
+        raise InputError(f"unknown model {model!r} for nerf; choose one of {', '.join(nerf_models())}")
+    s = aabb_scale
+    step = step if step is not None else 2 * s / max(8, resolution // 2) * 0.5
+    app = appearance or "mlp"
+    density, color, lr_grid, lr_other = _grids(model, resolution, app)
+    field = {"appearance": app, "step": step, "sigma_scale": 1.0 / step,
+             "alpha_init": ALPHA_INIT if alpha_init is None else alpha_init}
+    return RadianceSpec(density, color, field, (-s, -s, -s, s, s, s), lr_grid, lr_other, model, resolution)
