@@ -6,8 +6,8 @@ import math
 import torch
 
 from gridfield.fields.radiance import RadianceField, refit_dense, total_variation
+from gridfield.functional.sh import sh_basis
 from gridfield.models import make_grid
-from gridfield.render.sh import sh_basis
 
 
 def test_dense_fast_path_matches_reference_values_and_gradients():

@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
+
+from gridfield.data.meshes import cached, inside, mesh_key
 
 FSCORE_THRESHOLDS = (1e-2, 2e-3)
 
@@ -80,8 +83,6 @@ def uniform_points(n: int = 1_000_000, seed: int = 0) -> np.ndarray:
 
 def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour distances ``[Na]`` from ``a`` to ``b`` and indices into ``b`` (k-d tree)."""
-    from scipy.spatial import cKDTree
-
     d, i = cKDTree(np.asarray(b, np.float64)).query(np.asarray(a, np.float64), k=1, workers=-1)
     return d, i
 
@@ -142,8 +143,6 @@ def ground_truth(unit_mesh, name: str, iou_resolution: int, iou_points: int, see
     above ``R = 512`` (then computed chunk by chunk during evaluation); ``points`` ``[n, 3]`` uniform
     with ``inside`` ``[n]``; ``val_points`` / ``val_inside``: 2^16 other points for the running IoU.
     """
-    from gridfield.data.meshes import cached, inside, mesh_key
-
     gt: dict = {"lattice": None}
     if iou_resolution <= 512:
         occ = cached(f"{name}-lattice", mesh_key(unit_mesh, iou_resolution), lambda: {"packed": np.packbits(
@@ -164,8 +163,6 @@ def evaluate_sdf(pred: Callable[[np.ndarray], np.ndarray], unit_mesh, gt: dict, 
     dict. ``volume`` is ``pred`` on the ``mesh_resolution^3`` lattice; ``pred_mesh`` its
     marching-cubes zero level set (unit frame; empty when there is no zero crossing).
     """
-    from gridfield.data.meshes import inside
-
     volume = np.concatenate([pred(p) for p in lattice_chunks(mesh_resolution)]).reshape([mesh_resolution] * 3)
     if iou_resolution == mesh_resolution and gt["lattice"] is not None:
         iou_g = iou(volume.reshape(-1) < 0, gt["lattice"])

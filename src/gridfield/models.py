@@ -6,24 +6,22 @@ from typing import Any
 
 from gridfield.fields.decoders import make_decoder
 from gridfield.fields.field import Field
+from gridfield.fields.references import reference_classes as _reference_classes
 from gridfield.grids.base import Grid
+from gridfield.grids.dense import DenseGrid
+from gridfield.grids.hash import HashGrid
+from gridfield.grids.mulfagrid import MulFAGrid
+from gridfield.grids.planes import PlaneGrid
 
 
 def grid_classes() -> dict[str, type[Grid]]:
-    """Grid models by CLI name (imported lazily so that the registry costs nothing at import)."""
-    from gridfield.grids.dense import DenseGrid
-    from gridfield.grids.hash import HashGrid
-    from gridfield.grids.mulfagrid import MulFAGrid
-    from gridfield.grids.planes import PlaneGrid
-
+    """Grid models by CLI name."""
     return {"dense": DenseGrid, "hash": HashGrid, "planes": PlaneGrid, "mulfagrid": MulFAGrid}
 
 
 def reference_classes() -> dict[str, Any]:
     """Non-grid reference models (Fourier-feature MLP, MFN) by name; ``build_field`` checks these first."""
-    from gridfield.fields.references import reference_classes as refs
-
-    return refs()
+    return _reference_classes()
 
 
 def make_grid(name: str, dim: int, **kwargs: Any) -> Grid:

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 from gridfield.errors import InputError
+from gridfield.fields import Field, make_decoder
+from gridfield.models import grid_classes, make_grid
+from gridfield.report.figures import model_color as palette
 
 # Small line-up used by the analyses: resolutions 8..32 (about the same number of grid rows each).
 ANALYSIS_MODELS: dict[str, dict[str, Any]] = {
@@ -33,8 +36,6 @@ def model_color(name: str) -> str:
     """One fixed colour per model (the project's palette, plus the product planes)."""
     if name in _EXTRA_COLORS:
         return _EXTRA_COLORS[name]
-    from gridfield.report.figures import model_color as palette
-
     return palette(name)
 
 
@@ -44,9 +45,6 @@ def build(name: str, dim: int, decoder: str = "linear", out_dim: int = 1, seed: 
 
     ``out_dim`` is ignored for the identity decoder (the grid's features are the outputs).
     """
-    from gridfield.fields import Field, make_decoder
-    from gridfield.models import grid_classes, make_grid
-
     if name not in ANALYSIS_MODELS:
         raise InputError(f"unknown analysis model {name!r}; choose from {list(ANALYSIS_MODELS)}")
     spec = dict(ANALYSIS_MODELS[name])

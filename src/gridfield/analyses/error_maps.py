@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gridfield.analyses import common as ac
+from gridfield.data.images import load_image
 from gridfield.errors import InputError
+from gridfield.tasks.image import fit_image, render_image
 from gridfield.threads import single_thread
 
 
@@ -39,10 +42,6 @@ class ErrorMapsConfig:
 
 def fit_models(cfg, img, holdout: float = 0.0) -> dict:
     """Fit each model of ``cfg.models`` to ``img`` ``[H, W, C]``: ``{name: (field, metrics, prediction)}``."""
-    import torch
-
-    from gridfield.tasks.image import fit_image, render_image
-
     fields, skipped = ac.lineup(cfg.models, 2, cfg.decoder, out_dim=img.shape[2], seed=cfg.seed)
     out = {}
     for name, field in fields.items():
@@ -62,8 +61,6 @@ def run(cfg: ErrorMapsConfig) -> dict:
 
 
 def _run(cfg: ErrorMapsConfig) -> dict:
-    from gridfield.data.images import load_image
-
     ac.check_models(cfg.models)
     if cfg.steps < 1 or cfg.max_size < 8:
         raise InputError(f"need steps >= 1 and max_size >= 8, got {cfg.steps}, {cfg.max_size}")

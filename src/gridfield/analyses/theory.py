@@ -17,11 +17,14 @@ import numpy as np
 import torch
 
 from gridfield.analyses import common as ac
+from gridfield.data.images import load_image, pixel_coords
 from gridfield.errors import InputError
 from gridfield.gtk.bound import bound
 from gridfield.gtk.drift import drift
 from gridfield.gtk.dynamics import frequency_energy, predict_dynamics
 from gridfield.gtk.engine import gtk
+from gridfield.tasks.image import fit_image, holdout_mask
+from gridfield.tasks.train import seed_everything
 from gridfield.threads import single_thread
 
 
@@ -138,10 +141,6 @@ def _run(cfg: TheoryConfig) -> dict:
 def _bound_vs_holdout(cfg: TheoryConfig) -> dict:
     """Per model: trace-normalized bound of ``G(0)`` on the training pixels (targets ``y - O(0)``)
     and the hold-out MSE after fitting."""
-    from gridfield.data.images import load_image, pixel_coords
-    from gridfield.tasks.image import fit_image, holdout_mask
-    from gridfield.tasks.train import seed_everything
-
     img = load_image(cfg.image, max_size=cfg.image_size)
     h, w, c = img.shape
     xs, ys = pixel_coords(h, w).double(), img.reshape(-1, c).double()

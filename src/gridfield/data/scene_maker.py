@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gridfield.data.meshes import load_mesh, normalize
 from gridfield.errors import InputError
 from gridfield.render.rays import Intrinsics, camera_rays, look_at
 
@@ -97,8 +98,6 @@ def make_scene(mesh_or_builtin: str, out: str | Path, views: int = 50, test_view
 
     ``mesh_or_builtin``: a mesh file or a built-in name of :mod:`gridfield.data.meshes`. Returns ``out``.
     """
-    from gridfield.data.meshes import load_mesh, normalize
-
     if views < 1 or test_views < 1 or size < 4 or supersample < 1:
         raise InputError(f"need views >= 1, test_views >= 1, size >= 4, supersample >= 1; got "
                          f"{views}, {test_views}, {size}, {supersample}")

@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import warnings
 from functools import cache
 from pathlib import Path
+
+import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CFLAGS = ("-O3", "-fopenmp", "-fno-math-errno")
@@ -49,8 +52,6 @@ def check_backend(backend: str) -> str:
 
 
 def _digest(name: str, sources: tuple[str, ...]) -> str:
-    import torch
-
     h = hashlib.sha256()
     for s in sources:
         h.update((CSRC / s).read_bytes())
@@ -61,8 +62,6 @@ def _digest(name: str, sources: tuple[str, ...]) -> str:
 
 def _ninja_on_path() -> None:
     """Let torch find the ``ninja`` that pip installed next to this Python (venv not activated)."""
-    import shutil
-
     if shutil.which("ninja") is None:
         try:
             import ninja

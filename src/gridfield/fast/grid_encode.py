@@ -33,6 +33,11 @@ from torch.autograd.function import once_differentiable
 
 from gridfield.fast._build import check_backend, want_fast
 
+try:  # a private torch API (see _engine_wants)
+    from torch.autograd.graph import _get_grad_fn_or_grad_acc
+except ImportError:  # pragma: no cover - other torch versions
+    _get_grad_fn_or_grad_acc = None
+
 NAME = "gridfield_grid_encode"
 SOURCES = ("grid_encode.cpp",)
 HASH, DENSE = 0, 1
@@ -146,11 +151,11 @@ def _out_buffer(table: Tensor, reuse: bool) -> Tensor:
 
 def _engine_wants(t: Tensor) -> bool:
     """Whether the running backward pass will use a gradient for ``t`` (``True`` when unsure)."""
+    if _get_grad_fn_or_grad_acc is None:  # pragma: no cover
+        return True
     try:
-        from torch.autograd.graph import _get_grad_fn_or_grad_acc
-
         return bool(torch._C._will_engine_execute_node(_get_grad_fn_or_grad_acc(t)))
-    except (AttributeError, ImportError, RuntimeError, TypeError):  # private API; computing it is always correct
+    except (AttributeError, RuntimeError, TypeError):  # private API; computing it is always correct
         return True
 
 

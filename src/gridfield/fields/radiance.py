@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gridfield.fast import render as fast_render
 from gridfield.fast._build import check_backend
 from gridfield.fields.decoders import MLPDecoder
+from gridfield.functional.sh import sh_basis, sh_to_rgb
 from gridfield.grids.base import Grid
-from gridfield.render.sh import sh_basis, sh_to_rgb
+from gridfield.grids.dense import DenseGrid
 
 
 class RadianceField(nn.Module):
@@ -161,12 +163,10 @@ class _ChunkedMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feat, extra, chunk, backend, *params):
-        from gridfield.fast import render as fast
-
         x = torch.cat([feat, extra], -1)
         ws, bs = params[0::2], params[1::2]
         m = x.shape[0]
-        ctx.mod = mod = fast.module(backend, x)
+        ctx.mod = mod = fast_render.module(backend, x)
         ctx.chunk, ctx.n_feat, ctx.n_layers = chunk, feat.shape[1], len(ws)
         if mod is not None:
             acts = mod.mlp_forward(x, list(ws), list(bs), chunk)
@@ -217,8 +217,6 @@ class _ChunkedMLP(torch.autograd.Function):
 # -- coarse-to-fine refitting and total variation ----------------------------------------------------
 def dense_resolution(grid: Grid | None) -> int | None:
     """The resolution of a single-level 3D ``DenseGrid`` (the grids that can be refitted), else None."""
-    from gridfield.grids.dense import DenseGrid
-
     if type(grid) is DenseGrid and len(grid.resolutions) == 1 and grid.in_dim == 3:
         return grid.resolutions[0]
     return None
@@ -228,8 +226,6 @@ def dense_resolution(grid: Grid | None) -> int | None:
 def _resample_dense(grid: Grid, old_aabb: Tensor, new_aabb: Tensor, res: int, chunk: int = 1 << 18) -> Grid:
     """A new single-level ``DenseGrid`` of ``res^3`` nodes spanning ``new_aabb``, holding ``grid``'s
     (trilinear) values at its node positions (``grid`` spans ``old_aabb``)."""
-    from gridfield.grids.dense import DenseGrid
-
     new = DenseGrid(3, resolutions=[res], features_per_level=grid.features_per_level,
                     backend=getattr(grid, "backend", "auto"))  # the field's choice survives the refit
     ar = torch.linspace(0, 1, res, device=old_aabb.device)

@@ -39,6 +39,7 @@ from gridfield.fast._build import check_backend
 from gridfield.grids.base import Grid, Support, check_points, interpolate
 from gridfield.grids.dense import DenseGrid
 from gridfield.grids.mulfa_kernel import MulFAKernel
+from gridfield.grids.planes import PlaneGrid
 
 FORMS = ("paper", "stable")
 #: Per-form output-layer initialisation (docs/mulfagrid.md, "Parameters, initialisation").
@@ -56,11 +57,7 @@ def lattice_terms(layout: Grid) -> list[tuple[int, tuple[int, ...], int]]:
     if isinstance(layout, DenseGrid):
         axes = tuple(range(layout.in_dim))
         return [(r, axes, off) for r, off in zip(layout.resolutions, layout.offsets)]
-    try:
-        from gridfield.grids.planes import PlaneGrid
-    except ImportError:  # pragma: no cover - planes module absent
-        PlaneGrid = ()  # type: ignore[assignment]  # noqa: N806
-    if PlaneGrid and isinstance(layout, PlaneGrid):
+    if isinstance(layout, PlaneGrid):
         return [(r, tuple(a), layout.offsets[lv][p]) for lv, r in enumerate(layout.resolutions)
                 for p, a in enumerate(layout.axes)]
     raise ValueError(f"MulFAGrid cannot wrap a {type(layout).__name__} layout; "
@@ -82,8 +79,6 @@ def make_layout(layout: str | Grid, dim: int, resolutions: int | Sequence[int], 
     if layout == "dense":
         return DenseGrid(dim, resolutions, features_per_level, **kwargs)
     if layout == "planes":
-        from gridfield.grids.planes import PlaneGrid
-
         return PlaneGrid(dim, resolutions, features_per_level, impl="reference", **kwargs)
     raise ValueError(f"unknown MulFAGrid layout {layout!r}; choose 'dense' or 'planes' (or pass a Grid)")
 

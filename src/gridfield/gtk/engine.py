@@ -23,6 +23,7 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from torch import Tensor, nn
 
 from gridfield.errors import InputError
+from gridfield.fields import Field, IdentityDecoder
 from gridfield.gtk._checks import check_budget, check_choice, check_points, default_budget
 from gridfield.gtk.jacobian import grid_jacobian, kernel_nnz_bound, n_grid_params, other_jacobian, other_trainable
 from gridfield.gtk.operator import GTKOperator
@@ -86,8 +87,6 @@ def _as_field(model: nn.Module) -> nn.Module:
     if hasattr(model, "grid") and hasattr(model, "decoder"):
         return model
     if hasattr(model, "support") and hasattr(model, "grid_parameters"):
-        from gridfield.fields import Field, IdentityDecoder
-
         return Field(model, IdentityDecoder(model.out_dim, model.out_dim))
     raise InputError(f"gtk expects a Field (grid + decoder) or a Grid, got {type(model).__name__}")
 

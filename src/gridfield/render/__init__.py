@@ -2,7 +2,7 @@
 
 Modules: ``rays`` (cameras, pixel-centre rays, box intersection, camera paths), ``occupancy``
 (occupancy grid, space carving), ``marching`` (packed samples), ``volrend`` (transmittance, weights,
-accumulation), ``pipeline`` (training and early-terminating evaluation renders), ``sh`` (spherical
-harmonics), ``outputs`` (images, GIFs, checkpoints). Import the submodules directly; nothing is
+accumulation), ``pipeline`` (training and early-terminating evaluation renders), ``outputs`` (images, GIFs,
+checkpoints); the spherical harmonics are in :mod:`gridfield.functional.sh`. Import the submodules directly; nothing is
 imported here.
 """

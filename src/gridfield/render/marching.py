@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gridfield.fast import render as fast
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.rays import ray_aabb
 
@@ -58,8 +59,6 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
     if max_steps is not None:
         n_steps = min(n_steps, max_steps)
     rays = torch.nonzero(live)[:, 0]
-    from gridfield.fast import render as fast
-
     mod = fast.module(backend, origins, dirs, t_start, t_stop)
     if mod is not None:
         offset = torch.zeros_like(t_start)

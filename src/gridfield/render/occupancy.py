@@ -14,9 +14,11 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -96,10 +98,6 @@ class OccupancyGrid(nn.Module):
         view ``c2w [N, 4, 4]`` (intrinsics ``K``) whose image contains its centre, the alpha mask
         ``alphas [N, H, W]`` is non-zero within the cell's footprint (a max-pool dilation sized for a
         cell at distance ``near``). Carved cells stay empty in later updates."""
-        import math
-
-        import torch.nn.functional as F
-
         centres = self.cell_centers(jitter=False)
         half = 0.5 * float((self.aabb[3:] - self.aabb[:3]).norm()) / self.resolution
         rad = max(1, math.ceil(max(K.fx, K.fy) * half / max(near, 1e-3)))

@@ -20,6 +20,7 @@ from torch.profiler import record_function
 
 from gridfield.render.marching import march_rays, ray_bounds
 from gridfield.render.occupancy import OccupancyGrid
+from gridfield.render.rays import camera_rays
 from gridfield.render.volrend import accumulate_along_rays, render_weight_from_density
 
 
@@ -105,8 +106,6 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
 def render_camera(field, c2w: Tensor, K, occupancy, aabb: Tensor, settings: RenderSettings,
                   chunk: int = 1 << 14) -> dict[str, Tensor]:
     """Render one camera: ``rgb [H, W, 3]``, ``depth [H, W]``, ``opacity [H, W]`` (early termination)."""
-    from gridfield.render.rays import camera_rays
-
     o, d = camera_rays(c2w, K)
     parts = [render_rays_eval(field, o[s : s + chunk], d[s : s + chunk], occupancy, aabb, settings)
              for s in range(0, o.shape[0], chunk)]

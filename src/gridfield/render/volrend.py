@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gridfield.fast import render as fast
+
 ALPHA_MAX = 1.0 - 1e-7  # alphas are clamped below 1 so that log(1 - alpha) stays finite
 
 
@@ -79,8 +81,6 @@ def render_weight_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Tensor,
     (:mod:`gridfield.fast.render`; differentiable once, in ``sigmas``) on CPU float32 when the
     intervals need no gradient; ``"fast"`` / ``"reference"`` force one.
     """
-    from gridfield.fast import render as fast
-
     ok = (t_starts.shape == t_ends.shape == sigmas.shape and not t_starts.requires_grad
           and not t_ends.requires_grad and (ray_indices is None or ray_indices.dtype == torch.long))
     mod = fast.module(backend, t_starts, t_ends, sigmas, ray_indices, applies=ok,

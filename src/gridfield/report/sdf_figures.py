@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gridfield.data.meshes import inside
+
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -44,8 +46,6 @@ def save_slices(path: str | Path, volume: np.ndarray, ref_mesh=None, title: str 
     Colour: signed distance clipped to ``[-clip, clip]`` (blue inside, red outside); solid black: the
     fitted zero level set; dashed green: the reference surface (``ref_mesh``, by winding number).
     """
-    from gridfield.data.meshes import inside
-
     r = volume.shape[0]
     fig = _figure(12, 4.4)
     axes = fig.subplots(1, 3)
