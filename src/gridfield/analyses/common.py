@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from gridfield import presets
 from gridfield.errors import InputError
 from gridfield.fields import Field, make_decoder
-from gridfield.models import grid_classes, make_grid
+from gridfield.models import grid_classes
 from gridfield.report.figures import model_color as palette
 
-# Small line-up used by the analyses: resolutions 8..32 (about the same number of grid rows each).
-ANALYSIS_MODELS: dict[str, dict[str, Any]] = {
-    "dense": dict(model="dense", resolutions=[8, 16, 32], features_per_level=2),
-    "hash": dict(model="hash", n_levels=3, features_per_level=2, log2_hashmap_size=8, base_resolution=8),
-    "planes": dict(model="planes", resolutions=[8, 16, 32], features_per_level=2),
-    "planes-product": dict(model="planes", resolutions=[8, 16, 32], features_per_level=2, aggregate="product"),
-    "mulfagrid": dict(model="mulfagrid", resolutions=[8, 16, 32], features_per_level=2),
-}
 _EXTRA_COLORS = {"planes-product": "#bcbd22"}
-DEFAULT_MODELS = tuple(ANALYSIS_MODELS)
+# The line-up (gridfield.presets.analyses): resolutions 8..32, about the same number of grid rows each.
+DEFAULT_MODELS = tuple(presets.models("analyses"))
 # Models of the image fits (MulFAGrid's kernel network makes it the slowest: ~0.2 s per step at 48x48).
 FIT_MODELS = DEFAULT_MODELS
 
@@ -45,14 +38,12 @@ def build(name: str, dim: int, decoder: str = "linear", out_dim: int = 1, seed: 
 
     ``out_dim`` is ignored for the identity decoder (the grid's features are the outputs).
     """
-    if name not in ANALYSIS_MODELS:
-        raise InputError(f"unknown analysis model {name!r}; choose from {list(ANALYSIS_MODELS)}")
-    spec = dict(ANALYSIS_MODELS[name])
-    if spec["model"] not in grid_classes():
+    spec = presets.get("analyses", name)
+    if spec.model not in grid_classes():
         return None
     torch.manual_seed(seed)
     try:
-        grid = make_grid(spec.pop("model"), dim, **spec)
+        grid = spec.build(dim)
     except ValueError:  # e.g. planes in 1D
         return None
     out = grid.out_dim if decoder == "identity" else out_dim  # identity: the features are the outputs
@@ -122,6 +113,6 @@ def prepare_out(out: Path) -> Path:
 
 def check_models(models: tuple[str, ...]) -> None:
     """Raise :class:`InputError` for unknown model names."""
-    bad = [m for m in models if m not in ANALYSIS_MODELS]
+    bad = [m for m in models if m not in DEFAULT_MODELS]
     if bad or not models:
-        raise InputError(f"unknown or empty models {bad or list(models)}; choose from {list(ANALYSIS_MODELS)}")
+        raise InputError(f"unknown or empty models {bad or list(models)}; choose from {list(DEFAULT_MODELS)}")
