@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gridfield.fields import Field, make_decoder
-from gridfield.threads import single_thread
 from gridfield.models import grid_classes, make_grid
+from gridfield.threads import single_thread
 
 SMALL = {
     "dense": dict(resolutions=[3, 5], features_per_level=2),

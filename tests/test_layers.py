@@ -60,6 +60,8 @@ OPTIONAL: dict[str, str] = {
     "torch.utils.cpp_extension": "slow to import, needed only to compile a fast path",
     "matplotlib": "slow to import, figures only",
     "imageio": "image and GIF files only",
+    "PIL": "image files only (pillow)",
+    "tifffile": "TIFF files only",
     "skimage": "slow to import, sample images and marching cubes only",
     "tyro": "the CLI parser",
     "tqdm": "progress bars",

@@ -2,9 +2,10 @@
 
 Same result as the plain-PyTorch reference ``MulFAGrid.forward`` (``[N, d] -> [N, C]``); like
 :mod:`gridfield.fast.grid_encode` it sees no grid object, only a :class:`MulFASpec` of plain numbers
-and the tensors (points, table, kernel parameters) passed explicitly. For each support term the kernel evaluates the layout's ``U(x)``, the MFN kernel network, the form's
-normalisation and the gather ``sum_k phi_k w_k`` in one pass per point; the terms are then aggregated
-(concatenated / summed / multiplied) with ordinary PyTorch ops. Backward is hand-written: gradients of the
+and the tensors (points, table, kernel parameters) passed explicitly. For each support term the
+kernel evaluates the layout's ``U(x)``, the MFN kernel network, the form's normalisation and the gather
+``sum_k phi_k w_k`` in one pass per point; the terms are then aggregated (concatenated / summed /
+multiplied) with ordinary PyTorch ops. Backward is hand-written: gradients of the
 grid features and of every kernel parameter, recomputing the per-point forward instead of saving
 activations. Not supported (the caller uses the reference): gradients wrt ``x`` (SDF eikonal losses,
 double backward), ``torch.func`` transforms (GTK Jacobians), non-CPU tensors, dtypes other than
