@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU build of PyTorch by default (small, no CUDA). GPU users: see README "GPU install".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: install
 	$(PY) benchmarks/image_kodak.py

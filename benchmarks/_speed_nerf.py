@@ -2,7 +2,7 @@
 
 Both variants start from the same warmed state (carved occupancy grid, a short eager warm-up at the
 starting resolution with occupancy updates, then the coarse-to-fine refit to the final resolution
-exactly as :func:`gridfield.tasks.nerf.train_nerf` does), in the same process, and run the same
+exactly as :class:`gridfield.tasks.nerf_train.NerfTask` does), in the same process, and run the same
 training step (random rays, march, render, loss, backward, fused Adam, an occupancy update every
 ``occ_every`` steps). Rays per second = ``batch_rays * steps / seconds``. A per-part breakdown
 (``torch.profiler`` record_function regions) follows.
@@ -46,10 +46,11 @@ def prepare(scene: Path = LEGO, warm_steps: int = WARM_STEPS, seed: int = 0) -> 
     from gridfield.fields.radiance import refit_dense
     from gridfield.render.occupancy import OccupancyGrid
     from gridfield.render.pipeline import RenderSettings
-    from gridfield.tasks.nerf import NerfConfig, _refit_plan, _step_size
-    from gridfield.tasks.train import seed_everything
+    from gridfield.tasks.nerf import NerfConfig
+    from gridfield.tasks.nerf_train import refit_plan, step_size
+    from gridfield.training import TrainConfig, seed_everything
 
-    cfg = NerfConfig(scene=scene, progress=False, seed=seed, fast=False)
+    cfg = NerfConfig(scene=scene, train=TrainConfig(progress=False, seed=seed, backend="reference"))
     seed_everything(seed)
     data = load_blender(scene, "train")
     first = 2 * cfg.aabb_scale / max(8, cfg.resolution // 2) * cfg.step_ratio
@@ -59,7 +60,7 @@ def prepare(scene: Path = LEGO, warm_steps: int = WARM_STEPS, seed: int = 0) -> 
     occ.carve(data.c2w, data.K, data.alphas, data.near)
     spec = replace(spec, aabb=occ.occupied_aabb(margin_cells=2).tolist())
     field = spec.build()
-    settings = RenderSettings(data.near, data.far, _step_size(field, spec, cfg.step_ratio), backend="reference")
+    settings = RenderSettings(data.near, data.far, step_size(field, spec, cfg.step_ratio), backend="reference")
     state = {"field": field, "occ": occ, "settings": settings, "data": data, "spec": spec, "cfg": cfg}
     trainer = Trainer(state, backend="reference", seed=seed)
     for _ in range(warm_steps):
@@ -67,29 +68,29 @@ def prepare(scene: Path = LEGO, warm_steps: int = WARM_STEPS, seed: int = 0) -> 
     # the coarse-to-fine refits, straight to the final resolution (as train_nerf does at 30% progress)
     box = occ.occupied_aabb(margin_cells=3)
     box = torch.cat([torch.maximum(box[:3], field.aabb[:3]), torch.minimum(box[3:], field.aabb[3:])])
-    res = _refit_plan(cfg.resolution)[-1][1]
+    res = refit_plan(cfg.resolution)[-1][1]
     refit_dense(field, box, res)
     state["spec"] = spec = spec.refit(res, field.aabb.tolist())
-    state["settings"] = replace(settings, step=_step_size(field, spec, cfg.step_ratio))
+    state["settings"] = replace(settings, step=step_size(field, spec, cfg.step_ratio))
     state["step"] = trainer.n
     return state
 
 
 class Trainer:
-    """One training step of :func:`gridfield.tasks.nerf.train_nerf` on a state from :func:`prepare`,
+    """One training step of :class:`gridfield.tasks.nerf_train.NerfTask` on a state from :func:`prepare`,
     with every fast path forced to ``backend`` (the field, the renderer and the grids)."""
 
     def __init__(self, state: dict, backend: str, seed: int = 1, lr_scale: float = 0.5) -> None:
         import torch
 
-        from gridfield.tasks.nerf import _optimizer
+        from gridfield.training import make_optimizer
 
         self.s, self.backend = state, backend
         self.field, self.occ, self.data, self.cfg = state["field"], state["occ"], state["data"], state["cfg"]
-        self.field.set_backend(backend)
+        self.field.backend = backend
         self.settings = replace(state["settings"], backend=backend)
         spec = state["spec"]
-        self.opt = _optimizer(self.field, spec.lr_grid * lr_scale, spec.lr_other * lr_scale)
+        self.opt = make_optimizer(self.field, spec.lr_grid * lr_scale, spec.lr_other * lr_scale, fused=True)
         n, h, w, _ = self.data.images.shape
         self.shape = (n, h, w)
         self.pixels = self.data.images.reshape(-1, 3)

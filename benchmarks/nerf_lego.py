@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--downscale", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_nerf_lego"))
+    ap.add_argument("--resume", action="store_true", help="continue interrupted runs (same --out and options)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update results/docs")
     ap.add_argument("--name", default="nerf_lego", help="results name (JSON file and docs section)")
     args = ap.parse_args(argv)
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from gridfield.tasks.nerf import NerfConfig, run
+    from gridfield.training import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models:
         cfg = NerfConfig(scene=args.scene, model=model, appearance=args.appearance, resolution=args.resolution,
-                         steps=args.steps, time_budget=args.time_budget, batch_rays=args.batch_rays,
-                         test_views=args.test_views, downscale=args.downscale, out=args.out / model,
-                         save_renders=8, turntable_frames=0, progress=sys.stderr.isatty())
+                         batch_rays=args.batch_rays, test_views=args.test_views, downscale=args.downscale,
+                         save_renders=8, turntable_frames=0,
+                         train=TrainConfig(steps=args.steps, time_budget=args.time_budget, out=args.out / model,
+                                           progress=sys.stderr.isatty(), resume=args.resume))
         m = run(cfg)
         rows.append({c: m[c] for c in COLUMNS})
         print(markdown_table(rows[-1:], COLUMNS), flush=True)

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from gridfield.tasks.sdf import SDFConfig, run
+    from gridfield.training import TrainConfig
 
     args = parse(argv)
     load_at_start = os.getloadavg()[0]
@@ -85,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for model in args.models:
             with tempfile.TemporaryDirectory() as tmp:
+                train = TrainConfig(steps=args.max_steps, time_budget=args.time_budget, lr_grid=1e-2, lr_other=1e-2,
+                                    progress=False, checkpoint_every=0, out=Path(tmp) / "out")
                 cfg = SDFConfig(mesh=str(path), model=model, param_budget=args.param_budget,
-                                steps=args.max_steps, time_budget=args.time_budget, batch_size=args.batch_size,
-                                iou_resolution=args.iou_resolution, mesh_resolution=args.mesh_resolution,
-                                iou_points=args.iou_points, chamfer_points=args.chamfer_points,
-                                progress=False, out=Path(tmp) / "out")
+                                batch_size=args.batch_size, iou_resolution=args.iou_resolution,
+                                mesh_resolution=args.mesh_resolution, iou_points=args.iou_points,
+                                chamfer_points=args.chamfer_points, train=train)
                 m = run(cfg)
             rows.append({"mesh": mesh, **{k: v for k, v in m.items() if k not in ("mesh", "config")}})
     if not rows:

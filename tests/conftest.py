@@ -33,3 +33,15 @@ def fast_path_missing(what: str) -> None:
     if os.environ.get("GRIDFIELD_REQUIRE_FAST", "0") == "1":
         pytest.fail(f"{what} (GRIDFIELD_REQUIRE_FAST=1)")
     pytest.skip(what)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir(tmp_path_factory):
+    """Resumable training states of the suite's runs go to a temporary folder, not ~/.cache."""
+    old = os.environ.get("GRIDFIELD_STATE_DIR")
+    os.environ["GRIDFIELD_STATE_DIR"] = str(tmp_path_factory.mktemp("train-states"))
+    yield
+    if old is None:
+        os.environ.pop("GRIDFIELD_STATE_DIR", None)
+    else:
+        os.environ["GRIDFIELD_STATE_DIR"] = old

@@ -98,7 +98,7 @@ def test_failure_while_writing_keeps_previous_output(tmp_path, small_png, monkey
     def broken(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("gridfield.report.figures.save_psnr_curve", broken)
+    monkeypatch.setattr("gridfield.tasks.image.save_psnr_curve", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         main(["image", str(small_png), *TINY, "--steps", "2", "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "old.txt"]

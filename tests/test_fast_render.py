@@ -171,7 +171,7 @@ def _small_field(seed=0):
 def _train_step(field, aabb, backend, occ):
     o, d = _rays(256, seed=4)
     target = torch.rand(256, 3, generator=torch.Generator().manual_seed(9))
-    field.set_backend(backend)
+    field.backend = backend
     s = RenderSettings(step=0.02, backend=backend)
     torch.manual_seed(11)
     out = render_rays(field, o, d, occ, aabb, s, stratified=True)
@@ -200,7 +200,7 @@ def test_eval_render_same_image(fast_mod):
     o, d = _rays(300, seed=6)
     out = {}
     for b in ("reference", "fast"):
-        field.set_backend(b)
+        field.backend = b
         out[b] = render_rays_eval(field, o, d, occ, aabb, RenderSettings(step=0.02, backend=b), chunk_steps=16)
     assert int(out["fast"]["n_samples"]) == int(out["reference"]["n_samples"])
     for k in ("rgb", "opacity", "depth"):
@@ -257,7 +257,7 @@ def test_chunked_mlp_matches_the_head(kernel, threads, monkeypatch):
 def test_field_grids_use_the_fused_grid_kernel(fast_mod, monkeypatch):
     """The radiance field evaluates its dense grids through their own forward: the fused grid kernel
     (:mod:`gridfield.fast.grid_encode`, tested against the reference in test_fast_grids.py) under
-    ``set_backend("fast")``, the plain-PyTorch reference under ``"reference"``, and the choice survives
+    ``field.backend = "fast"``, the plain-PyTorch reference under ``"reference"``, and the choice survives
     a coarse-to-fine refit. Values agree within float32 rounding (rtol 1e-5, atol 1e-6)."""
     from gridfield.fast import grid_encode as fe
     from gridfield.fields.radiance import refit_dense
@@ -267,14 +267,14 @@ def test_field_grids_use_the_fused_grid_kernel(fast_mod, monkeypatch):
     monkeypatch.setattr(fe, "grid_encode", lambda *a, **k: calls.append(1) or real(*a, **k))
     field, aabb = _small_field()
     x = torch.rand(500, 3) * 2 - 1
-    field.set_backend("reference")
+    field.backend = "reference"
     ref = field.density(x)
     assert not calls
-    field.set_backend("fast")
+    field.backend = "fast"
     torch.testing.assert_close(field.density(x), ref, rtol=1e-5, atol=1e-6)
     assert calls
     for backend in ("reference", "fast"):
-        field.set_backend(backend)
+        field.backend = backend
         refit_dense(field, aabb * 0.9, 12)
         assert field.density_grid.backend == field.color_grid.backend == backend
 
@@ -294,7 +294,7 @@ def test_env_switch_forces_every_reference(fast_mod, monkeypatch):
     monkeypatch.setattr(fe, "grid_encode", boom)
     monkeypatch.setattr(radiance, "chunked_mlp", boom)
     field, aabb = _small_field()
-    field.set_backend("auto")
+    field.backend = "auto"
     o, d = _rays(64)
     out = render_rays(field, o, d, None, aabb, RenderSettings(step=0.05, backend="auto"))
     out["rgb"].sum().backward()

@@ -17,7 +17,7 @@ from gridfield.metrics import psnr
 from gridfield.models import grid_classes
 from gridfield.presets import image_field, image_field_spec
 from gridfield.tasks.image import fit_image, holdout_mask, load_checkpoint, render_image, save_checkpoint
-from gridfield.tasks.train import cosine_factor
+from gridfield.training import cosine
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,10 +132,11 @@ def test_holdout_masks():
 
 
 def test_cosine_schedule_closed_form():
-    assert cosine_factor(0, 101) == pytest.approx(1.0)
-    assert cosine_factor(50, 101, final=0.0) == pytest.approx(0.5)
-    assert cosine_factor(100, 101, final=0.01) == pytest.approx(0.01)
-    assert cosine_factor(4, 100, warmup=10) == pytest.approx(0.5)
+    # the schedule is a function of progress in [0, 1] (step / steps, or elapsed / time budget)
+    assert cosine()(0.0) == pytest.approx(1.0)
+    assert cosine(final=0.0)(0.5) == pytest.approx(0.5)
+    assert cosine(final=0.01)(1.0) == pytest.approx(0.01)
+    assert cosine(warmup=0.1)(0.05) == pytest.approx(0.5)
 
 
 # quality thresholds measured on the 64x64 crop (seed 0): see docs/image.md

@@ -12,6 +12,7 @@ from gridfield.cli import main
 from gridfield.data.blender import load_blender
 from gridfield.data.scene_maker import make_scene
 from gridfield.tasks.nerf import NerfConfig, load_nerf, render_path, run
+from gridfield.training import TrainConfig
 
 E2E_MIN_PSNR = 25.0  # dB on the 3 test views after 300 steps (measured 27.9 dB, seed 0)
 
@@ -20,9 +21,9 @@ E2E_MIN_PSNR = 25.0  # dB on the 3 test views after 300 steps (measured 27.9 dB,
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("nerf")
     scene = make_scene("torus_knot", root / "scene", views=20, test_views=3, size=32)
-    cfg = NerfConfig(scene=scene, model="dense", appearance="sh", resolution=32, steps=300, batch_rays=1024,
-                     occ_start=30, occ_every=8, occ_resolution=64, turntable_frames=2, progress=False,
-                     seed=0, out=root / "out")
+    cfg = NerfConfig(scene=scene, model="dense", appearance="sh", resolution=32, batch_rays=1024,
+                     occ_start=30, occ_every=8, occ_resolution=64, turntable_frames=2,
+                     train=TrainConfig(steps=300, progress=False, seed=0, out=root / "out"))
     return scene, cfg, run(cfg)
 
 
@@ -39,19 +40,19 @@ def test_reaches_stated_psnr_and_writes_outputs(trained):
     _, cfg, m = trained
     assert m["psnr"] >= E2E_MIN_PSNR, m["psnr"]
     assert 0.5 < m["ssim"] <= 1.0 and m["n_test_views"] == 3 and m["steps"] == 300
-    saved = json.loads((cfg.out / "metrics.json").read_text())
+    saved = json.loads((cfg.train.out / "metrics.json").read_text())
     for key in ("psnr", "ssim", "train_seconds", "params", "n_test_views", "rays_per_second"):
         assert key in saved
     for name in ("test_000.png", "depth_002.png", "turntable.gif", "checkpoint.pt"):
-        assert (cfg.out / name).is_file(), name
+        assert (cfg.train.out / name).is_file(), name
 
 
 def test_checkpoint_reload_renders_the_same_view(trained):
     scene, cfg, _ = trained
-    field, occ, settings, camera = load_nerf(cfg.out / "checkpoint.pt")
+    field, occ, settings, camera = load_nerf(cfg.train.out / "checkpoint.pt")
     te = load_blender(scene, "test")
     img = render_path(field, occ, settings, te.c2w[:1], te.K)[0]["rgb"]
-    saved = torch.from_numpy(iio.imread(cfg.out / "test_000.png").astype(np.float32) / 255)
+    saved = torch.from_numpy(iio.imread(cfg.train.out / "test_000.png").astype(np.float32) / 255)
     assert (img - saved).abs().max() <= 1.0 / 255 + 1e-4  # only PNG rounding differs
     assert camera["radius"] == pytest.approx(4.0, rel=1e-4)
 

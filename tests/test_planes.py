@@ -13,9 +13,9 @@ CASES = [(d, a) for d in (2, 3) for a in ("sum", "product")]
 INIT = {"sum": (-1.0, 1.0), "product": (0.5, 1.5)}
 
 
-def make(dim, agg, res=(3, 5, 8), f=3, impl="grid_sample", seed=0):
+def make(dim, agg, res=(3, 5, 8), f=3, backend="auto", seed=0):
     torch.manual_seed(seed)
-    return PlaneGrid(dim, list(res), f, aggregate=agg, init=INIT[agg], impl=impl).double()
+    return PlaneGrid(dim, list(res), f, aggregate=agg, init=INIT[agg], backend=backend).double()
 
 
 def points(n, dim, seed=1, inside=False):
@@ -43,9 +43,9 @@ def explicit_factor(grid, level, p, x):
 
 
 @pytest.mark.parametrize("dim,agg", CASES)
-@pytest.mark.parametrize("impl", ["grid_sample", "reference"])
-def test_planes_match_explicit_interpolation(dim, agg, impl):
-    grid = make(dim, agg, impl=impl)
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_planes_match_explicit_interpolation(dim, agg, backend):
+    grid = make(dim, agg, backend=backend)
     x = points(400, dim)
     out = grid(x)
     assert out.shape == (400, 9)
@@ -101,7 +101,7 @@ def test_product_scale_times_weight_is_the_jacobian(dim):
 
 @pytest.mark.parametrize("dim,agg", CASES)
 def test_grid_sample_path_matches_reference_gradients(dim, agg):
-    fast, ref = make(dim, agg), make(dim, agg, impl="reference")
+    fast, ref = make(dim, agg), make(dim, agg, backend="reference")
     x = points(300, dim, inside=True)
     xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     of, orf = fast(xf), ref(xr)
@@ -163,8 +163,8 @@ def test_planes_bad_input():
     assert PlaneGrid(2, np.array([4, 8]), 2).resolutions == [4, 8]
     with pytest.raises(ValueError, match="'sum' or 'product'"):
         PlaneGrid(3, aggregate="mean")
-    with pytest.raises(ValueError, match="impl"):
-        PlaneGrid(3, impl="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        PlaneGrid(3, backend="cuda")
     with pytest.raises(ValueError, match="lo < hi"):
         PlaneGrid(3, init=(1.0, 0.0))
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
@@ -172,4 +172,4 @@ def test_planes_bad_input():
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         PlaneGrid(2, 4).support(torch.zeros(5))
     with pytest.raises(ValueError, match="NaN"):
-        PlaneGrid(3, 4, impl="reference")(torch.full((2, 3), float("nan")))
+        PlaneGrid(3, 4, backend="reference")(torch.full((2, 3), float("nan")))

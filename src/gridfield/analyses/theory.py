@@ -24,7 +24,7 @@ from gridfield.gtk.drift import drift
 from gridfield.gtk.dynamics import frequency_energy, predict_dynamics
 from gridfield.gtk.engine import gtk
 from gridfield.tasks.image import fit_image, holdout_mask
-from gridfield.tasks.train import seed_everything
+from gridfield.training import seed_everything
 from gridfield.threads import single_thread
 
 

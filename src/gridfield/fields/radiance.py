@@ -47,7 +47,8 @@ class RadianceField(nn.Module):
     def __init__(self, density_grid: Grid, color_grid: Grid | None, aabb: Tensor,
                  appearance: Literal["sh", "mlp"] = "mlp", sh_degree: int = 2, view_degree: int = 2,
                  width: int = 64, hidden_layers: int = 2, geo_features: int = 15,
-                 alpha_init: float = 1e-4, step: float = 0.01, sigma_scale: float | None = None) -> None:
+                 alpha_init: float = 1e-4, step: float = 0.01, sigma_scale: float | None = None,
+                 backend: str = "auto") -> None:
         super().__init__()
         if appearance not in ("sh", "mlp"):
             raise ValueError(f"appearance must be 'sh' or 'mlp', got {appearance!r}")
@@ -69,16 +70,22 @@ class RadianceField(nn.Module):
         scale = sigma_scale if sigma_scale is not None else 1.0 / step
         self.sigma_scale = float(scale)
         self.shift = float(math.log(math.expm1(-math.log1p(-alpha_init) / (scale * step))))
-        self.backend = "auto"  # fast paths (see set_backend); not part of the state dict
+        self.backend = backend  # fast paths; not part of the state dict
 
-    def set_backend(self, backend: str) -> None:
-        """Choose the fast paths of this field: ``"auto"`` (fast where it applies), ``"fast"`` (raise where
-        it cannot be used) or ``"reference"`` (plain PyTorch). Survives :func:`refit_dense`."""
-        check_backend(backend)
-        self.backend = backend
+    @property
+    def backend(self) -> str:
+        """The fast paths of this field and its grids: ``"auto"`` (fast where it applies), ``"fast"``
+        (raise where it cannot be used) or ``"reference"`` (plain PyTorch). Setting it sets the grids'
+        too; it survives :func:`refit_dense`."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        check_backend(value)
+        self._backend = value
         for grid in (self.density_grid, self.color_grid):
             if grid is not None and hasattr(grid, "backend"):
-                grid.backend = backend
+                grid.backend = value
 
     # -- coordinates and parameters ------------------------------------------------------------
     def to_unit(self, x: Tensor) -> Tensor:

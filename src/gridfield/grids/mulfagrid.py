@@ -79,7 +79,7 @@ def make_layout(layout: str | Grid, dim: int, resolutions: int | Sequence[int], 
     if layout == "dense":
         return DenseGrid(dim, resolutions, features_per_level, **kwargs)
     if layout == "planes":
-        return PlaneGrid(dim, resolutions, features_per_level, impl="reference", **kwargs)
+        return PlaneGrid(dim, resolutions, features_per_level, backend="reference", **kwargs)
     raise ValueError(f"unknown MulFAGrid layout {layout!r}; choose 'dense' or 'planes' (or pass a Grid)")
 
 

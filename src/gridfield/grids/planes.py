@@ -36,8 +36,8 @@ class PlaneGrid(Grid):
     fastest), so :meth:`level_planes` is a ``grid_sample`` input without copying. ``axes[p]`` and
     ``plane_names[p]`` name factor ``p`` (e.g. ``(0, 2)``, ``"xz"``).
 
-    impl: ``"grid_sample"`` (default: fused ``F.grid_sample`` on the plane tables) or ``"reference"``
-    (the support path). Both are differentiable in ``x`` (twice) and ``features``.
+    backend: ``"auto"`` or ``"fast"`` (default: fused ``F.grid_sample`` on the plane tables, on any
+    device) or ``"reference"`` (the support path). Both are differentiable in ``x`` (twice) and ``features``.
     init: uniform range ``(lo, hi)`` of the features; default ``DEFAULT_INIT[aggregate]``.
 
     Example: ``PlaneGrid(3, [32, 64], features_per_level=8, aggregate="product")(x)`` -> ``[N, 16]``.
@@ -50,7 +50,7 @@ class PlaneGrid(Grid):
         features_per_level: int = 16,
         aggregate: Literal["sum", "product"] = "sum",
         init: tuple[float, float] | None = None,
-        impl: Literal["grid_sample", "reference"] = "grid_sample",
+        backend: Literal["auto", "fast", "reference"] = "auto",
     ) -> None:
         super().__init__()
         if dim not in PLANE_NAMES:
@@ -62,14 +62,14 @@ class PlaneGrid(Grid):
             raise ValueError(f"PlaneGrid needs features_per_level >= 1, got {features_per_level}")
         if aggregate not in DEFAULT_INIT:
             raise ValueError(f"PlaneGrid aggregate must be 'sum' or 'product', got {aggregate!r}")
-        if impl not in ("grid_sample", "reference"):
-            raise ValueError(f"PlaneGrid impl must be 'grid_sample' or 'reference', got {impl!r}")
+        if backend not in ("auto", "fast", "reference"):
+            raise ValueError(f"PlaneGrid backend must be 'auto', 'fast' or 'reference', got {backend!r}")
         lo, hi = DEFAULT_INIT[aggregate] if init is None else init
         if not lo < hi:
             raise ValueError(f"PlaneGrid init must be a range (lo, hi) with lo < hi, got {init}")
         self.in_dim = dim
         self.aggregate = aggregate
-        self.impl = impl
+        self.backend = backend
         self.resolutions = res
         self.features_per_level = features_per_level
         self.out_dim = len(res) * features_per_level
@@ -116,7 +116,7 @@ class PlaneGrid(Grid):
     def forward(self, x: Tensor) -> Tensor:
         """Features ``[N, len(resolutions) * F]`` at ``x`` ``[N, d]`` in ``[-1, 1]^d``."""
         check_points(x, self.in_dim, type(self).__name__)
-        if self.impl == "reference":
+        if self.backend == "reference":
             return self.features_from_support(self.support(x), x.shape[0])
         return torch.cat([self._level_grid_sample(x, level) for level in range(len(self.resolutions))], 1)
 
@@ -143,7 +143,7 @@ class PlaneGrid(Grid):
 
     def extra_repr(self) -> str:
         return (f"dim={self.in_dim}, factors={self.plane_names}, resolutions={self.resolutions}, "
-                f"F={self.features_per_level}, aggregate={self.aggregate!r}, impl={self.impl!r}, "
+                f"F={self.features_per_level}, aggregate={self.aggregate!r}, backend={self.backend!r}, "
                 f"rows={self.features.shape[0]}")
 
     def plane_table(self, level: int, p: int) -> Tensor:

@@ -4,6 +4,8 @@ SIGINT/SIGTERM guard that turns an interrupt into "save the state at the end of 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import threading
 from pathlib import Path
@@ -17,10 +19,19 @@ from gridfield.outdir import write_file_atomically
 STATE_FORMAT = "gridfield.train-state/1"
 
 
+def state_dir() -> Path:
+    """Folder of resumable training states: ``$GRIDFIELD_STATE_DIR``, default ``~/.cache/gridfield/resume``."""
+    return Path(os.environ.get("GRIDFIELD_STATE_DIR") or Path.home() / ".cache" / "gridfield" / "resume")
+
+
 def state_path_for(out: Path) -> Path:
-    """Where the resumable state of the run writing ``out`` lives: ``.<name>.resume.pt`` beside it."""
-    out = Path(out).absolute()
-    return out.parent / f".{out.name}.resume.pt"
+    """The resumable state of the run writing ``out``: ``<state_dir>/<name>-<hash of the absolute path>.pt``.
+
+    It lives outside the output folder and its parents, so an interrupted or failed run leaves the
+    user's folders exactly as they were; a run that completes removes it.
+    """
+    out = Path(os.path.abspath(out))
+    return state_dir() / f"{out.name}-{hashlib.sha1(str(out).encode()).hexdigest()[:12]}.pt"
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
