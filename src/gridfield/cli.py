@@ -7,7 +7,9 @@ into help text) and ``run(cfg)``. Add a subcommand by adding a line to :data:`CO
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 from gridfield.errors import InputError
 
@@ -85,15 +87,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run = next(fn for cls, fn in table.values() if isinstance(cfg, cls))
+    old_term = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         run(cfg)
     except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
         print("error: " + str(e).replace("\n", " "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        saved = "; the training state is saved: rerun the same command with --resume to continue" if str(e) else ""
+        print(f"interrupted{' ' + str(e) if str(e) else ''}{saved}; no output was written", file=sys.stderr)
         return 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return 0
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM outside the training loop: unwind like Ctrl-C, so temporary folders are removed."""
+    raise KeyboardInterrupt
 
 
 def entry() -> None:

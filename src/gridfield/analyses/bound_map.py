@@ -52,15 +52,14 @@ def two_point_quadratic(g: np.ndarray, ys: np.ndarray, ridge: float) -> tuple[np
 def run(cfg: BoundMapConfig) -> dict:
     """Compute, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
     with single_thread():
-        return _run(cfg)
+        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
 
 
-def _run(cfg: BoundMapConfig) -> dict:
+def _run(cfg: BoundMapConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
     if cfg.seeds < 1 or cfg.resolution < 3:
         raise InputError(f"need seeds >= 1 and resolution >= 3, got {cfg.seeds}, {cfg.resolution}")
     pts = torch.tensor([cfg.x1, cfg.x2], dtype=torch.float64)
-    out = ac.prepare_out(cfg.out)
     v = np.linspace(-1, 1, cfg.resolution)
     ys = np.stack(np.meshgrid(v, v, indexing="xy"), -1).reshape(-1, 2)  # (Y1, Y2), Y1 along x
     maps, info = {}, {}
@@ -81,7 +80,7 @@ def _run(cfg: BoundMapConfig) -> dict:
     payload = {"config": {k: str(val) for k, val in vars(cfg).items()}, "skipped": skipped,
                "normalization": "G / (trace(G)/2)", "models": info, "figures": files}
     payload["json"] = ac.write_json(out, "gtk_bound_map.json", payload)
-    print(f"gtk-bound-map: wrote {len(files)} figures and gtk_bound_map.json to {out}")
+    print(f"gtk-bound-map: wrote {len(files)} figures and gtk_bound_map.json to {cfg.out}")
     return payload
 
 

@@ -7,6 +7,7 @@ and writes PNG figures plus one JSON of the numbers into its output folder.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from gridfield import presets
 from gridfield.errors import InputError
 from gridfield.fields import Field, make_decoder
 from gridfield.models import grid_classes
+from gridfield.outdir import write_dir_atomically
 from gridfield.report.figures import model_color as palette
 
 _EXTRA_COLORS = {"planes-product": "#bcbd22"}
@@ -79,14 +81,13 @@ def figure(cols: int = 1, rows: int = 1, width: float = 4.0, height: float = 3.4
 
 
 def save(fig, out: Path, name: str) -> str:
-    """Write ``fig`` as ``out/name`` (PNG) and return the path."""
-    path = out / name
-    fig.savefig(path)
-    return str(path)
+    """Write ``fig`` as ``out/name`` (PNG); returns ``name`` (paths in payloads are relative to the folder)."""
+    fig.savefig(out / name)
+    return name
 
 
 def write_json(out: Path, name: str, payload: dict) -> str:
-    """Write ``payload`` (numpy values converted) as ``out/name``."""
+    """Write ``payload`` (numpy values converted) as ``out/name``; returns ``name``."""
 
     def conv(o):
         if isinstance(o, np.ndarray):
@@ -97,18 +98,16 @@ def write_json(out: Path, name: str, payload: dict) -> str:
             return str(o)
         raise TypeError(type(o).__name__)
 
-    path = out / name
-    path.write_text(json.dumps(payload, indent=2, default=conv) + "\n")
-    return str(path)
+    (out / name).write_text(json.dumps(payload, indent=2, default=conv) + "\n")
+    return name
 
 
-def prepare_out(out: Path) -> Path:
-    """Create the output folder (a clear error when it is a file)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def write_atomically(out: Path, body: Callable[[Path], dict]) -> dict:
+    """Run ``body(folder)`` on a temporary folder that replaces ``out`` when it succeeds (see
+    :func:`gridfield.outdir.write_dir_atomically`); returns ``body``'s payload."""
+    result: dict = {}
+    write_dir_atomically(out, lambda d: result.update(body(d)))
+    return result
 
 
 def check_models(models: tuple[str, ...]) -> None:

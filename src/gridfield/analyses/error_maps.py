@@ -57,15 +57,14 @@ def fit_models(cfg, img, holdout: float = 0.0) -> dict:
 def run(cfg: ErrorMapsConfig) -> dict:
     """Fit, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
     with single_thread():
-        return _run(cfg)
+        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
 
 
-def _run(cfg: ErrorMapsConfig) -> dict:
+def _run(cfg: ErrorMapsConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
     if cfg.steps < 1 or cfg.max_size < 8:
         raise InputError(f"need steps >= 1 and max_size >= 8, got {cfg.steps}, {cfg.max_size}")
     img = load_image(cfg.image, max_size=cfg.max_size)
-    out = ac.prepare_out(cfg.out)
     fits, skipped = fit_models(cfg, img)
     errs = {n: (p - img).abs().mean(-1).numpy() for n, (_, _, p) in fits.items()}
     vmax = float(max(np.percentile(e, 99.5) for e in errs.values()))
@@ -85,5 +84,5 @@ def _run(cfg: ErrorMapsConfig) -> dict:
                               "train_seconds": m["train_seconds"]} for n, (_, m, _) in fits.items()},
                "figures": {"error_maps": ac.save(fig, out, "gtk_error_maps.png")}}
     payload["json"] = ac.write_json(out, "gtk_error_maps.json", payload)
-    print(f"gtk-error-maps: wrote gtk_error_maps.png and gtk_error_maps.json to {out}")
+    print(f"gtk-error-maps: wrote gtk_error_maps.png and gtk_error_maps.json to {cfg.out}")
     return payload

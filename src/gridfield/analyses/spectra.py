@@ -45,14 +45,13 @@ def _one(field, shape):
 def run(cfg: SpectraConfig) -> dict:
     """Compute, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
     with single_thread():
-        return _run(cfg)
+        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
 
 
-def _run(cfg: SpectraConfig) -> dict:
+def _run(cfg: SpectraConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
     if cfg.n1d < 4 or cfg.side2d < 4 or cfg.side2d**2 > 4096:
         raise InputError(f"need n1d >= 4 and 4 <= side2d <= 64, got n1d={cfg.n1d}, side2d={cfg.side2d}")
-    out = ac.prepare_out(cfg.out)
     payload: dict = {"config": {k: str(v) for k, v in vars(cfg).items()}, "normalization":
                      "G / (trace(G)/n): unit mean diagonal", "lattices": {}}
     figs = {}
@@ -76,7 +75,7 @@ def _run(cfg: SpectraConfig) -> dict:
         }
     payload["figures"] = figs
     payload["json"] = ac.write_json(out, "gtk_spectra.json", payload)
-    print(f"gtk-spectra: wrote {len(figs)} figures and gtk_spectra.json to {out}")
+    print(f"gtk-spectra: wrote {len(figs)} figures and gtk_spectra.json to {cfg.out}")
     return payload
 
 

@@ -102,17 +102,16 @@ def gd_vs_prediction(field, x, y, steps: int) -> dict:
 def run(cfg: TheoryConfig) -> dict:
     """Run the three experiments, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
     with single_thread():
-        return _run(cfg)
+        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
 
 
-def _run(cfg: TheoryConfig) -> dict:
+def _run(cfg: TheoryConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
     ac.check_models(cfg.fit_models)
     if cfg.side < 4 or cfg.side > 48 or min(cfg.gd_steps, cfg.adam_steps, cfg.drift_every, cfg.fit_steps) < 1:
         raise InputError("need 4 <= side <= 48 and positive step counts")
     if not 0 < cfg.holdout < 1:
         raise InputError(f"holdout must be in (0, 1), got {cfg.holdout}")
-    out = ac.prepare_out(cfg.out)
     shape = (cfg.side, cfg.side)
     x = ac.lattice(shape)
     y = target_signal(x)
@@ -134,7 +133,7 @@ def _run(cfg: TheoryConfig) -> dict:
         "bound_vs_holdout": bounds, "figures": files,
     }
     payload["json"] = ac.write_json(out, "gtk_theory.json", payload)
-    print(f"gtk-theory: wrote {len(files)} figures and gtk_theory.json to {out}")
+    print(f"gtk-theory: wrote {len(files)} figures and gtk_theory.json to {cfg.out}")
     return payload
 
 

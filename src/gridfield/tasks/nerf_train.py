@@ -104,7 +104,7 @@ class NerfTask(TrainTask):
                 "occ": f"{self.occ.occupied_fraction():.3f}"}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_dict(), "occ": self.occ.state_dict(), "occ_updates": self.occ.updates,
+        return {"spec": self.spec.to_dict(), "occ": self.occ.state_dict(),
                 "plan": [list(p) for p in self.plan], "samples": self.samples, "last_mse": self.last_mse}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -113,7 +113,6 @@ class NerfTask(TrainTask):
             self._refit(int(spec.density.kwargs["resolutions"][0]), torch.tensor(spec.aabb))
         self.spec = spec
         self.occ.load_state_dict(state["occ"])
-        self.occ.updates = int(state["occ_updates"])
         self.plan = [(float(p), int(r)) for p, r in state["plan"]]
         self.samples, self.last_mse = state["samples"], state["last_mse"]
 

@@ -197,7 +197,7 @@ def train(task: TrainTask, cfg: TrainConfig, lr_grid: float, lr_other: float, *,
                     guard.requested or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 save_state(state_path, snapshot())
             if guard.requested:
-                raise KeyboardInterrupt(f"interrupted at step {step}")
+                raise KeyboardInterrupt(f"at step {step}" if state_path is not None else "")
     if bar is not None:
         bar.close()
     if loss is not None:

@@ -1,0 +1,90 @@
+"""Task commands on the training core: interrupt + --resume, atomic outputs, one-line errors."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from gridfield.cli import main
+from gridfield.outdir import MARKER
+from gridfield.tasks.image_fit import ImageTask
+from gridfield.tasks.nerf_train import NerfTask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+IMAGE = ["image", "camera", "--model", "dense", "--max-size", "32", "--param-budget", "3000", "--steps", "30",
+         "--batch-size", "256", "--eval-every", "10", "--no-progress", "--checkpoint-every", "0"]
+
+
+def _interrupt_at(monkeypatch, cls, at: int):
+    original = cls.batch_loss
+
+    def batch_loss(self, step, gen):
+        if step == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, step, gen)
+
+    monkeypatch.setattr(cls, batch_loss.__name__, batch_loss)
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_image_interrupt_then_resume_is_bit_exact(tmp_path, monkeypatch, capsys):
+    assert main([*IMAGE, "--out", str(tmp_path / "straight")]) == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, ImageTask, 12)
+        assert main([*IMAGE, "--out", str(tmp_path / "run")]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["straight"]
+    assert main([*IMAGE, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    a, b = _state(tmp_path / "straight" / "checkpoint.pt"), _state(tmp_path / "run" / "checkpoint.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main([*IMAGE, "--out", str(tmp_path / "run"), "--resume"]) == 2  # the state is gone after success
+    assert "no saved training state" in capsys.readouterr().err
+
+
+def test_resume_with_other_options_is_refused(tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        _interrupt_at(m, ImageTask, 3)
+        assert main([*IMAGE, "--out", str(tmp_path / "run")]) == 130
+    assert main([*IMAGE, "--out", str(tmp_path / "run"), "--resume", "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: --resume") and "seed" in err and not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(tmp_path_factory):
+    pytest.importorskip("trimesh")
+    from gridfield.data.scene_maker import make_scene
+
+    return make_scene("torus_knot", tmp_path_factory.mktemp("scene") / "s", views=8, test_views=2, size=16)
+
+
+def _nerf(scene, out, *extra):
+    return ["nerf", str(scene), "--resolution", "16", "--batch-rays", "256", "--occ-resolution", "16",
+            "--occ-start", "4", "--occ-every", "4", "--turntable-frames", "0", "--no-progress",
+            "--checkpoint-every", "0", "--out", str(out), *extra]
+
+
+def test_nerf_interrupt_leaves_no_output_and_resumes(tmp_path, tiny_scene, monkeypatch, capsys):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with monkeypatch.context() as m:
+        _interrupt_at(m, NerfTask, 5)
+        assert main(_nerf(tiny_scene, tmp_path / "out", "--steps", "12")) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written, no temp folders
+    assert main(_nerf(tiny_scene, tmp_path / "out", "--steps", "12", "--resume")) == 0
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"metrics.json", "checkpoint.pt", "test_000.png", MARKER} <= names
+    # the resumed run crossed the dense refits (at 10/20/30% progress) and ends where a straight run ends
+    assert main(_nerf(tiny_scene, tmp_path / "straight", "--steps", "12")) == 0
+    a, b = _state(tmp_path / "straight" / "checkpoint.pt"), _state(tmp_path / "out" / "checkpoint.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nerf_divergence_is_one_line(tmp_path, tiny_scene, capsys):
+    code = main(_nerf(tiny_scene, tmp_path / "out", "--steps", "40", "--lr-grid", "1e30", "--lr-other", "1e30"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: training diverged"), err
+    assert "step" in err[0] and "--lr-grid" in err[0] and not (tmp_path / "out").exists()
