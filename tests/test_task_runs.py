@@ -1,7 +1,10 @@
 """Task commands on the training core: interrupt + --resume, atomic outputs, one-line errors."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,3 +91,16 @@ def test_nerf_divergence_is_one_line(tmp_path, tiny_scene, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: training diverged"), err
     assert "step" in err[0] and "--lr-grid" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_image_command_under_torchrun_two_ranks(tmp_path):
+    """The CLI under torchrun (2 gloo ranks): one output folder, written once by rank 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        str(30500 + os.getpid() % 1000), "-m", "gridfield.cli", *IMAGE, "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 30 and m["psnr"] > 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -6,7 +6,9 @@ into help text) and ``run(cfg)``. Add a subcommand by adding a line to :data:`CO
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import signal
 import sys
 import threading
@@ -41,9 +43,6 @@ class _ParseError(Exception):
 
 def _parse(tyro, configs: dict[str, type], args: list[str]):
     """Parse with tyro; its (boxed, multi-line) error report becomes one :class:`_ParseError` line."""
-    import contextlib
-    import io
-
     buf = io.StringIO()
     try:
         with contextlib.redirect_stderr(buf):

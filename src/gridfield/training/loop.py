@@ -11,6 +11,7 @@ check and progress bar).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from gridfield.errors import InputError
 from gridfield.training import distributed
@@ -107,9 +109,10 @@ def _set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
 def _wrap(task: TrainTask, info: distributed.DistInfo):
     if info.world == 1:
         return task.batch_loss
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(_LossModule(task), broadcast_buffers=False)
+    # buffers (a box, an occupancy grid) are the same on every rank: no per-step broadcast
+    new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    return DistributedDataParallel(_LossModule(task), **{"forward_sync_buffers" if new_name else
+                                                          "broadcast_buffers": False})
 
 
 def train(task: TrainTask, cfg: TrainConfig, lr_grid: float, lr_other: float, *,
