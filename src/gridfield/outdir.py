@@ -52,6 +52,16 @@ def _marked_listing(folder: Path) -> set[str] | None:
         return None
 
 
+def _existing_ancestor(path: Path, label: str) -> Path:
+    """The nearest existing parent of ``path``; ``InputError`` (``label`` names the path) when it is a file."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{label} lies below {str(ancestor)!r}, which is a file")
+    return ancestor
+
+
 def check_out_dir(out: Path | str, option: str = "--out") -> Path:
     """Absolute ``out`` after checking that gridfield may write (and later replace) it.
 
@@ -70,11 +80,7 @@ def check_out_dir(out: Path | str, option: str = "--out") -> Path:
                          "directory; gridfield writes its outputs into a folder of their own, name a new one")
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {str(out)!r} exists and is not a directory")
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"{option} {str(out)!r} lies below {str(ancestor)!r}, which is a file")
+    ancestor = _existing_ancestor(path, f"{option} {str(out)!r}")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(f"{option} {str(out)!r} cannot be created: {str(ancestor)!r} is not writable")
     if path.is_dir():
@@ -139,11 +145,7 @@ def write_file_atomically(path: Path | str, write: Callable[[Path], None]) -> Pa
     path = Path(os.path.abspath(Path(path).expanduser()))
     if path.exists() and not path.is_file():
         raise InputError(f"{str(path)!r} exists and is not a regular file")
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"{str(path)!r} lies below {str(ancestor)!r}, which is a file")
+    _existing_ancestor(path, repr(str(path)))
     created = [p for p in reversed(path.parents) if not p.exists()]
     fd, name = None, None
     try:

@@ -16,7 +16,6 @@ import torch
 from gridfield.analyses import common as ac
 from gridfield.errors import InputError
 from gridfield.gtk.engine import gtk
-from gridfield.threads import single_thread
 
 
 @dataclass
@@ -51,8 +50,7 @@ def two_point_quadratic(g: np.ndarray, ys: np.ndarray, ridge: float) -> tuple[np
 
 def run(cfg: BoundMapConfig) -> dict:
     """Compute, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with single_thread():
-        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
+    return ac.run_analysis(cfg, _run)
 
 
 def _run(cfg: BoundMapConfig, out: Path) -> dict:

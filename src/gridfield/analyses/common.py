@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from gridfield.fields import Field, make_decoder
 from gridfield.models import grid_classes
 from gridfield.outdir import write_dir_atomically
 from gridfield.report.figures import model_color as palette
+from gridfield.threads import single_thread
 
 _EXTRA_COLORS = {"planes-product": "#bcbd22"}
 # The line-up (gridfield.presets.analyses): resolutions 8..32, about the same number of grid rows each.
@@ -102,11 +104,12 @@ def write_json(out: Path, name: str, payload: dict) -> str:
     return name
 
 
-def write_atomically(out: Path, body: Callable[[Path], dict]) -> dict:
-    """Run ``body(folder)`` on a temporary folder that replaces ``out`` when it succeeds (see
-    :func:`gridfield.outdir.write_dir_atomically`); returns ``body``'s payload."""
+def run_analysis(cfg: Any, body: Callable[[Any, Path], dict]) -> dict:
+    """``body(cfg, folder)`` on one torch thread, writing into a temporary folder that replaces
+    ``cfg.out`` when it succeeds (:func:`gridfield.outdir.write_dir_atomically`); returns the payload."""
     result: dict = {}
-    write_dir_atomically(out, lambda d: result.update(body(d)))
+    with single_thread():
+        write_dir_atomically(cfg.out, lambda d: result.update(body(cfg, d)))
     return result
 
 

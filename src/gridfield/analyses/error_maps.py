@@ -13,7 +13,6 @@ from gridfield.analyses import common as ac
 from gridfield.data.images import load_image
 from gridfield.errors import InputError
 from gridfield.tasks.image import fit_image, render_image
-from gridfield.threads import single_thread
 
 
 @dataclass
@@ -56,8 +55,7 @@ def fit_models(cfg, img, holdout: float = 0.0) -> dict:
 
 def run(cfg: ErrorMapsConfig) -> dict:
     """Fit, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with single_thread():
-        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
+    return ac.run_analysis(cfg, _run)
 
 
 def _run(cfg: ErrorMapsConfig, out: Path) -> dict:

@@ -13,7 +13,6 @@ from gridfield.analyses import common as ac
 from gridfield.errors import InputError
 from gridfield.gtk.engine import gtk
 from gridfield.gtk.spectra import eigenspectrum, fourier_spectrum
-from gridfield.threads import single_thread
 
 
 @dataclass
@@ -44,8 +43,7 @@ def _one(field, shape):
 
 def run(cfg: SpectraConfig) -> dict:
     """Compute, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with single_thread():
-        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
+    return ac.run_analysis(cfg, _run)
 
 
 def _run(cfg: SpectraConfig, out: Path) -> dict:

@@ -25,8 +25,6 @@ from gridfield.gtk.dynamics import frequency_energy, predict_dynamics
 from gridfield.gtk.engine import gtk
 from gridfield.tasks.image import fit_image, holdout_mask
 from gridfield.training import seed_everything
-from gridfield.threads import single_thread
-
 
 DRIFT_DECODERS = {"identity": ":", "linear": "-", "mlp": "--"}  # decoder -> line style of the drift plot
 
@@ -101,8 +99,7 @@ def gd_vs_prediction(field, x, y, steps: int) -> dict:
 
 def run(cfg: TheoryConfig) -> dict:
     """Run the three experiments, plot and save; returns the JSON payload. (Small tensor work on one torch thread.)"""
-    with single_thread():
-        return ac.write_atomically(cfg.out, lambda out: _run(cfg, out))
+    return ac.run_analysis(cfg, _run)
 
 
 def _run(cfg: TheoryConfig, out: Path) -> dict:
