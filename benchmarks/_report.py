@@ -48,7 +48,9 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`; each section says the machine and date.\n"
+    fresh = ("# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`; "
+             "each section says the machine and date.\n")
+    text = DOC.read_text() if DOC.exists() else fresh
     block = f"{begin}\n{markdown.strip()}\n{end}"
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]

@@ -141,7 +141,8 @@ def run(threads: int, repeats: int = 3, names: list[str] | None = None, strategi
                 row[f"fast_{s}_s"] = _median_time(_step_fn(grid, x, False), repeats)
             grid._spec = spec
             with torch.no_grad():
-                row["fast_forward_s"] = _median_time(lambda g=grid, m=mod, p=x, s=spec: fe.grid_encode(m, g.features, p, s),
+                row["fast_forward_s"] = _median_time(
+                    lambda g=grid, m=mod, p=x, s=spec: fe.grid_encode(m, g.features, p, s),
                                                      repeats)
         rows.append(row)
     return rows

@@ -228,7 +228,8 @@ def _print(rows: list[dict]) -> None:
         if r["variant"] == "limits":
             print(f"      limits: {r['params'] / 1e6:.1f} M params -> {r['optimizer_bytes_per_step'] / 1e6:.0f} MB of "
                   f"Adam + gradient-zeroing traffic per step = {r['optimizer_ms_at_bandwidth']:.0f} ms at the measured "
-                  f"{r['copy_bandwidth_GBps']:.1f} GB/s copy bandwidth (at most {r['memory_bound_rays_per_second']:.0f} "
+                  f"{r['copy_bandwidth_GBps']:.1f} GB/s copy bandwidth "
+                  f"(at most {r['memory_bound_rays_per_second']:.0f} "
                   f"rays/s); colour MLP <= {r['mlp_gflop_per_step_at_most']:.2f} GFLOP per step; "
                   f"fast step {r['fast_ms_per_step']:.0f} ms")
             continue

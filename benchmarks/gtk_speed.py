@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import json
+import os
 import resource
 import sys
 import time
@@ -22,7 +22,6 @@ from torch.func import functional_call, jacrev, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_results  # noqa: E402
-
 from gridfield.data.images import load_image, pixel_coords  # noqa: E402
 from gridfield.gtk import bound, eigenspectrum, gtk  # noqa: E402
 from gridfield.models import build_field  # noqa: E402
@@ -103,7 +102,8 @@ def at_scale(image: str, size: int, maxiter: int, crop: int, lobpcg_iters: int) 
     torch.manual_seed(0)
     field = build_field(in_dim=2, out_dim=c, decoder="linear", **SCALE_MODEL)
     x, y = pixel_coords(h, w), img.reshape(-1, c).double().numpy()
-    out = {"image": image, "pixels": h * w, "channels": c, "model": SCALE_MODEL, "params": sum(p.numel() for p in field.grid.parameters())}
+    out = {"image": image, "pixels": h * w, "channels": c, "model": SCALE_MODEL,
+           "params": sum(p.numel() for p in field.grid.parameters())}
     t0 = time.perf_counter()
     op = gtk(field, x, implementation="operator")  # includes building the lattice preconditioner
     out["operator_s"] = time.perf_counter() - t0
@@ -183,19 +183,23 @@ def main() -> None:
                           "speedup_incl_dense", "max_rel_diff", "torch_func_mode"])
         + ("\n\n(Comparison rows from the last full run; the at-scale part below was rerun with --scale-only.)"
            if args.scale_only else "")
-        + f"\n\nAt scale: {scale['image']} ({scale['channels']} channel(s)), {scale['pixels']} pixels, hash grid (16 levels, "
+        + f"\n\nAt scale: {scale['image']} ({scale['channels']} channel(s)), {scale['pixels']} pixels, "
+        + "hash grid (16 levels, "
         f"T=2^19, F=2, finest 512, {scale['params']} grid parameters), linear decoder; a dense GTK would need "
         f"{scale['dense_gtk_gb']:.0f} GB.\n\n"
         + markdown_table([{"step": "operator + lattice preconditioner", "seconds": scale["operator_s"],
                            "result": f"Jacobian nnz {scale['jacobian_nnz']}"},
                           {"step": "bound, preconditioned CG", "seconds": scale["bound_s"],
-                           "result": f"B = {b['value']:.6g} (trace-normalized {b['normalized']:.6g}), {b['iterations']} "
+                           "result": f"B = {b['value']:.6g} (trace-normalized {b['normalized']:.6g}), "
+                                     f"{b['iterations']} "
                                      f"iterations, relative residual {b['relative_residual']:.2g}"},
                           {"step": "4 largest eigenvalues (Lanczos, tol 1e-3)", "seconds": scale["eigsh_s"],
                            "result": ", ".join(f"{v:.4g}" for v in scale["top_eigenvalues"])},
                           {"step": "total (the issue's under-a-minute target)", "seconds": scale["total_s"],
-                           "result": f"peak RSS {scale['peak_rss_gb']:.2f} GiB (whole process, incl. the comparison above)"},
-                          {"step": f"lambda_min upper bound (LOBPCG, <= {args.lobpcg_iters} it.)", "seconds": lob["seconds"],
+                           "result": f"peak RSS {scale['peak_rss_gb']:.2f} GiB "
+                                     "(whole process, incl. the comparison above)"},
+                          {"step": f"lambda_min upper bound (LOBPCG, <= {args.lobpcg_iters} it.)",
+                           "seconds": lob["seconds"],
                            "result": f"{lob['lambda_min_upper']:.3g} (residual {lob['residual']:.2g})"},
                           {"step": "same CG iterations without the preconditioner", "seconds": unp["seconds"],
                            "result": f"B >= {unp['value']:.4g}, relative residual {unp['relative_residual']:.2g}"}],

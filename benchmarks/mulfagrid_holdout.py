@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_results  # noqa: E402
-
 from gridfield import presets  # noqa: E402
 from gridfield.data.images import load_image  # noqa: E402
 from gridfield.models import count_parameters  # noqa: E402

@@ -97,7 +97,8 @@ def main() -> None:
         return
     m = machine()
     md = (f"## Fast paths (`benchmarks/speed.py`)\n\n{m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-          f"{args.threads} thread(s) for both torch and the C++ kernels (NeRF: the threads column); eager and fast measured in the same process "
+          f"{args.threads} thread(s) for both torch and the C++ kernels (NeRF: the threads column); "
+          "eager and fast measured in the same process "
           f"(ratios), median of repeats after a warm-up. Load average (1 min) at the end: {os.getloadavg()[0]:.1f}.\n")
     titles = {"compile": "First use: building each C++ extension (fresh cache) and loading it cached",
               "grids": "Grid encodings, forward + backward (table gradients), and the eikonal double backward",

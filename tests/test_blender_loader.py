@@ -78,7 +78,8 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="cannot read JSON"):
         load_blender(tmp_path)
     (tmp_path / "train" / "r_0.png").write_bytes(b"not a png")
-    _write_json = {"camera_angle_x": 0.5, "frames": [{"file_path": "./train/r_0", "transform_matrix": np.eye(4).tolist()}]}
+    _write_json = {"camera_angle_x": 0.5,
+                   "frames": [{"file_path": "./train/r_0", "transform_matrix": np.eye(4).tolist()}]}
     (tmp_path / "transforms_train.json").write_text(json.dumps(_write_json))
     with pytest.raises(InputError, match=r"frame 0 \(\./train/r_0\): cannot read image"):
         load_blender(tmp_path)

@@ -14,7 +14,6 @@ from gridfield.cli import main
 from gridfield.data.images import load_image
 from gridfield.outdir import MARKER, write_dir_atomically
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

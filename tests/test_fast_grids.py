@@ -10,10 +10,10 @@ scale with the largest terms of each sum, not with each entry).
 import pytest
 import torch
 
+from conftest import fast_path_missing
 from gridfield.fast import FastPathUnavailable, load_extension
 from gridfield.fast import grid_encode as fe
 from gridfield.grids import DenseGrid, HashGrid
-from conftest import fast_path_missing
 
 
 @pytest.fixture(scope="module")

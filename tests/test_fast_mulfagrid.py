@@ -13,10 +13,10 @@ rounding, not the kernel), so ``max |grad|`` is taken over the parameters of the
 import pytest
 import torch
 
+from conftest import fast_path_missing
 from gridfield.fast import FastPathUnavailable, load_extension
 from gridfield.fast.mulfa import NAME, SOURCES
 from gridfield.grids import MulFAGrid
-from conftest import fast_path_missing
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,12 +11,12 @@ gradients within atol 1e-5 of the gradient scale.
 import pytest
 import torch
 
+from conftest import fast_path_missing
 from gridfield.fast import FastPathUnavailable
 from gridfield.render.marching import march_rays
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings, render_rays, render_rays_eval
 from gridfield.render.volrend import render_weight_from_density
-from conftest import fast_path_missing
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from gridfield.presets import image_field, image_field_spec
 from gridfield.tasks.image import fit_image, holdout_mask, load_checkpoint, render_image, save_checkpoint
 from gridfield.training import cosine
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

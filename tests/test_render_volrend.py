@@ -5,8 +5,14 @@ import torch
 
 from gridfield.render.marching import march_rays
 from gridfield.render.occupancy import OccupancyGrid
-from gridfield.render.volrend import (accumulate_along_rays, exclusive_sum, pack, render_transmittance_from_alpha,
-                                      render_weight_from_alpha, render_weight_from_density)
+from gridfield.render.volrend import (
+    accumulate_along_rays,
+    exclusive_sum,
+    pack,
+    render_transmittance_from_alpha,
+    render_weight_from_alpha,
+    render_weight_from_density,
+)
 
 
 def test_hand_computed_transmittance_and_weights():

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from gridfield.models import build_field, grid_classes
+from gridfield.tasks.sdf import SDFConfig, eikonal_loss, fit_sdf, load_sdf_checkpoint, predict, run, tensor_sampler
 from gridfield.training import TrainConfig
-from gridfield.tasks.sdf import (SDFConfig, eikonal_loss, fit_sdf, load_sdf_checkpoint, predict, run,
-                                 tensor_sampler)
 
 #: small configurations per grid model (models not listed use their constructor defaults)
 SMALL = {

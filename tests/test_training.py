@@ -1,6 +1,5 @@
 """The training core (gridfield.training): schedules, hook order, divergence, resume, torchrun/DDP."""
 
-import math
 import os
 import signal
 import subprocess
@@ -97,4 +96,5 @@ def test_torchrun_two_gloo_processes_match_one_with_twice_the_batch(tmp_path):
     train(single, TrainConfig(steps=20, progress=False), 5e-2, 1e-2)
     ddp = torch.load(out)
     assert not torch.equal(ddp, flat(ToyTask(32).module))  # it trained
-    assert torch.allclose(ddp, flat(single.module), atol=1e-6, rtol=1e-5), float((ddp - flat(single.module)).abs().max())
+    gap = float((ddp - flat(single.module)).abs().max())
+    assert torch.allclose(ddp, flat(single.module), atol=1e-6, rtol=1e-5), gap

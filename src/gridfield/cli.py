@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run = next(fn for cls, fn in table.values() if isinstance(cfg, cls))
-    old_term = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         run(cfg)
     except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as e:

@@ -150,7 +150,7 @@ def ground_truth(unit_mesh, name: str, iou_resolution: int, iou_points: int, see
         gt["lattice"] = np.unpackbits(occ["packed"], count=iou_resolution**3).astype(bool)
     for key, n, s in (("", iou_points, seed), ("val_", 1 << 16, seed + 1)):
         pts = uniform_points(n, s)
-        d = cached(f"{name}-{key}points", mesh_key(unit_mesh, n, s), lambda: {"inside": inside(unit_mesh, pts)})
+        d = cached(f"{name}-{key}points", mesh_key(unit_mesh, n, s), lambda p=pts: {"inside": inside(unit_mesh, p)})
         gt[f"{key}points"], gt[f"{key}inside"] = pts, d["inside"]
     return gt
 

@@ -43,7 +43,7 @@ class GTKOperator(LinearOperator):
             out = out + self.dense @ (self.dense.T @ v)
         return np.asarray(out) / self.out_dim
 
-    def _adjoint(self) -> "GTKOperator":
+    def _adjoint(self) -> GTKOperator:
         return self
 
     def diagonal(self) -> np.ndarray:

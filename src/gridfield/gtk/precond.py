@@ -12,7 +12,8 @@ hashed levels (collisions ignored). The 1D kernels of all levels nearly commute,
 eigenbasis ``Q_y kron Q_x`` of ``K^y = sum_l alpha_l K_l^y`` (and likewise ``x``) the approximation is
 close to diagonal. The preconditioner is the exact diagonal there (Jacobi in that basis):
 
-    ``M = (Q_y kron Q_x) diag(D) (Q_y kron Q_x)^T``,  ``D[i, j] = sum_l alpha_l (Q_y^T K_l^y Q_y)_ii (Q_x^T K_l^x Q_x)_jj``.
+    ``M = (Q_y kron Q_x) diag(D) (Q_y kron Q_x)^T`` with
+    ``D[i, j] = sum_l alpha_l (Q_y^T K_l^y Q_y)_ii (Q_x^T K_l^x Q_x)_jj``.
 
 ``M^-1 r`` costs four small dense matmuls (``[H, H]`` and ``[W, W]``); building ``M`` costs two ``eigh`` of
 ``H x H`` and ``W x W``. The eigenvalues of ``M`` are the entries of ``D`` (used for a lower estimate of
@@ -74,10 +75,10 @@ class SeparablePreconditioner(LinearOperator):
     def _matmat(self, r: np.ndarray) -> np.ndarray:
         return np.stack([self._matvec(c) for c in np.asarray(r).T], 1)
 
-    def _adjoint(self) -> "SeparablePreconditioner":
+    def _adjoint(self) -> SeparablePreconditioner:
         return self
 
-    def shifted(self, shift: float) -> "SeparablePreconditioner":
+    def shifted(self, shift: float) -> SeparablePreconditioner:
         """The preconditioner for ``G + shift I`` (``D + shift``)."""
         return SeparablePreconditioner(self.q_y, self.q_x, self.d + shift)
 

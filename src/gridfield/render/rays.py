@@ -33,12 +33,12 @@ class Intrinsics:
     height: int
 
     @staticmethod
-    def from_fov(width: int, height: int, camera_angle_x: float) -> "Intrinsics":
+    def from_fov(width: int, height: int, camera_angle_x: float) -> Intrinsics:
         """Square pixels, principal point at the image centre, horizontal field of view in radians."""
         f = 0.5 * width / math.tan(0.5 * camera_angle_x)
         return Intrinsics(f, f, width / 2, height / 2, width, height)
 
-    def scaled(self, factor: float) -> "Intrinsics":
+    def scaled(self, factor: float) -> Intrinsics:
         """Intrinsics of the image resized by ``1 / factor`` (``factor = 2``: half size)."""
         w, h = round(self.width / factor), round(self.height / factor)
         return Intrinsics(self.fx / factor, self.fy / factor, self.cx / factor, self.cy / factor, w, h)

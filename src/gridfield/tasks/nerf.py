@@ -96,7 +96,8 @@ def _check(cfg: NerfConfig) -> None:
     if cfg.model not in presets.models("nerf"):
         raise InputError(f"unknown model {cfg.model!r} for nerf; choose one of {', '.join(presets.models('nerf'))}")
     feats = 1 + (27 if cfg.appearance == "sh" else 12)
-    need = memory.estimate_grid_bytes(cfg.resolution, feats) + memory.estimate_grid_bytes(cfg.occ_resolution, 2, copies=1)
+    need = (memory.estimate_grid_bytes(cfg.resolution, feats)
+            + memory.estimate_grid_bytes(cfg.occ_resolution, 2, copies=1))
     memory.guard(need, f"a {cfg.resolution}^3 dense radiance grid", f"--resolution {cfg.resolution}")
 
 

@@ -24,8 +24,7 @@ from gridfield import checkpoints, memory, presets
 from gridfield.errors import InputError
 from gridfield.models import count_parameters
 from gridfield.tasks.common import apply_backend, finish_run, start_run
-from gridfield.tasks.sdf_fit import (SDFTask, eikonal_loss, fit_sdf, predict, sdf_loss, set_output_bias,
-                                     tensor_sampler)
+from gridfield.tasks.sdf_fit import SDFTask, eikonal_loss, fit_sdf, predict, sdf_loss, set_output_bias, tensor_sampler
 from gridfield.training import Nested, check_options, config_dict, seed_everything, train, train_defaults
 
 __all__ = ["SDFConfig", "SDFTask", "eikonal_loss", "fit_sdf", "load_sdf_checkpoint", "predict", "run", "sdf_loss",

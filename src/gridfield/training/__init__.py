@@ -1,7 +1,14 @@
 """The training core shared by every task: one loop (:func:`train`), its options (:class:`TrainConfig`),
 schedules driven by one definition of progress, hooks, resume and data-parallel runs under torchrun."""
 
-from gridfield.training.config import Nested, TrainConfig, check_options, check_train_config, config_dict, train_defaults
+from gridfield.training.config import (
+           Nested,
+           TrainConfig,
+           check_options,
+           check_train_config,
+           config_dict,
+           train_defaults,
+)
 from gridfield.training.hooks import Hook, call_hooks
 from gridfield.training.loop import DivergedError, TrainResult, TrainTask, train
 from gridfield.training.resume import state_path_for
