@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,9 @@ import torch
 from torch import Tensor
 
 from gridfield import checkpoints
+from gridfield.errors import InputError
+from gridfield.render.occupancy import OccupancyGrid
+from gridfield.render.pipeline import RenderSettings
 
 CHECKPOINT_FORMAT = "gridfield.nerf/1"
 
@@ -51,6 +56,75 @@ def save_checkpoint(path: str | Path, field, occupancy, spec: dict, settings: di
                 "occupancy": checkpoints.cpu_state(occupancy)}, Path(path))
 
 
+#: The entries of a NeRF checkpoint and their types (checked by :func:`read_checkpoint`).
+CHECKPOINT_KEYS = {"spec": dict, "settings": dict, "camera": dict, "state_dict": dict, "occupancy": dict}
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict; ``InputError`` when missing or not a gridfield NeRF checkpoint."""
-    return checkpoints.read_checkpoint(path, CHECKPOINT_FORMAT, "NeRF")
+    """The checkpoint dict; ``InputError`` when missing, not a gridfield NeRF checkpoint, or lacking
+    one of :data:`CHECKPOINT_KEYS` (or holding one of the wrong type)."""
+    ck = checkpoints.read_checkpoint(path, CHECKPOINT_FORMAT, "NeRF")
+    checkpoints.require_keys(ck, path, CHECKPOINT_KEYS)
+    return ck
+
+
+def load_checkpoint(path: str | Path, build_field, device: str | torch.device = "cpu"):
+    """Rebuild ``(field, occupancy, settings, camera)`` from a checkpoint, every part checked first.
+
+    ``build_field(spec) -> RadianceField`` is the task's builder (e.g.
+    :func:`gridfield.presets.build_spec`); the field and the occupancy grid go through
+    :func:`gridfield.checkpoints.build_checked` (keys, shapes, finite weights, memory), ``settings``
+    becomes a :class:`~gridfield.render.pipeline.RenderSettings` (unknown names are refused). Modules
+    are in eval mode on ``device``. Every problem is one ``InputError`` naming the file.
+    """
+    ck = read_checkpoint(path)
+    where = f"checkpoint {str(path)!r}"
+    settings = _settings(ck["settings"], where, RenderSettings)  # the cheap checks first
+    camera = ck["camera"]
+    checkpoints.require_keys(camera, path, {"radius": (int, float), "elevation": (int, float)}, "its camera")
+    if not (math.isfinite(camera["radius"]) and camera["radius"] > 0 and math.isfinite(camera["elevation"])):
+        raise InputError(f"{where}: implausible camera orbit (radius {camera['radius']!r}, elevation "
+                         f"{camera['elevation']!r}); the file is damaged")
+    occ_state = ck["occupancy"]
+    checkpoints.require_keys(occ_state, path, {"aabb": torch.Tensor, "ema": torch.Tensor}, "its occupancy grid")
+    cells = occ_state["ema"].numel()
+    res = round(cells ** (1 / 3)) if cells > 0 else 0
+    aabb = occ_state["aabb"]
+    if res < 1 or res**3 != cells:
+        raise InputError(f"{where}: the occupancy grid has {cells} cells, not a cube R^3; the file is damaged")
+    if aabb.shape != (6,) or not bool(torch.isfinite(aabb).all()) or not bool((aabb[3:] > aabb[:3]).all()):
+        raise InputError(f"{where}: the occupancy box {aabb.tolist()} is not [xmin, ymin, zmin, xmax, ymax, zmax] "
+                         "with min < max; the file is damaged")
+    occ = checkpoints.build_checked(path, res, occ_state, lambda r: OccupancyGrid(aabb, resolution=r),
+                                    device=device, what="the occupancy grid")
+    field = checkpoints.build_checked(path, ck["spec"], ck["state_dict"], build_field, device=device,
+                                      what="the radiance field")
+    return field.to(device).eval(), occ.to(device), settings, camera
+
+
+def _settings(stored: dict, where: str, cls):
+    """``cls(**stored)`` (a RenderSettings) after checking names and values; ``InputError`` otherwise."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown render settings {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(sorted(known))}); the file is from another gridfield version")
+    s = cls(**stored)
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    names = ("near", "far", "step", "weight_threshold")
+    problems = [f"{k}={getattr(s, k)!r}" for k in names if not number(getattr(s, k))]
+    if not problems and not (0 <= s.near < s.far and s.step > 0 and s.weight_threshold >= 0):
+        problems = [", ".join(f"{k}={getattr(s, k)!r}" for k in names)]
+    bg = s.background
+    if not (isinstance(bg, (list, tuple)) and len(bg) == 3 and all(number(c) for c in bg)):
+        problems.append(f"background={bg!r}")
+    if s.backend not in ("auto", "fast", "reference"):
+        problems.append(f"backend={s.backend!r}")
+    if problems:
+        raise InputError(f"{where}: implausible render settings ({'; '.join(problems)}); need 0 <= near < far, "
+                         "step > 0, weight_threshold >= 0, 3 background numbers and backend auto, fast or "
+                         "reference; the file is damaged")
+    return dataclasses.replace(s, background=tuple(float(c) for c in bg))
