@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gridfield.errors import InputError
+from gridfield import memory
+from gridfield.data.images import read_pixels, to_unit_float
+from gridfield.errors import InputError, regular_file
 from gridfield.render.rays import Intrinsics
 
 EXTENSIONS = ("", ".png", ".jpg", ".jpeg", ".exr")
@@ -48,69 +51,143 @@ def transforms_path(root: str | Path, split: str) -> Path:
     """``root / transforms_{split}.json``; ``InputError`` naming the file when it is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"scene folder {root} does not exist")
+        raise InputError(f"scene folder {root} does not exist" if not root.exists() else
+                         f"scene folder {root} is not a directory")
     p = root / f"transforms_{split}.json"
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"{p} not found (a Blender-format scene needs transforms_{split}.json)")
-    return p
+    return regular_file(p, "scene file")
 
 
 def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot read JSON ({e})") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8 text
+        raise InputError(f"{path}: cannot read JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
-        raise InputError(f"{path}: expected an object with a non-empty 'frames' list")
+        raise InputError(f"{path}: expected an object with a non-empty 'frames' list"
+                         + ("" if not isinstance(meta, dict) or "frames" in meta else " (no 'frames' key)"))
     return meta
 
 
 def _image_file(root: Path, file_path: str, where: str) -> Path:
     for ext in EXTENSIONS:
         p = root / (file_path + ext)
-        if p.is_file():
-            return p
+        if p.exists() and not p.is_dir():
+            try:
+                return regular_file(p, "image")
+            except InputError as e:
+                raise InputError(f"{where}: {e}") from None
     raise InputError(f"{where}: image {root / file_path}[.png] not found")
 
 
 def _load_rgba(path: Path, background: tuple[float, float, float], where: str) -> tuple[np.ndarray, np.ndarray | None]:
-    import imageio.v3 as iio
-
+    """RGB composited on ``background`` and the alpha (None without one), float32 in [0, 1]; the
+    samples are read and scaled by :func:`gridfield.data.images.read_pixels` (every bit depth)."""
     try:
-        plugin = "pillow" if path.suffix.lower() in (".png", ".jpg", ".jpeg") else None
-        img = np.asarray(iio.imread(path, plugin=plugin))
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
-        raise InputError(f"{where}: cannot read image {path} ({e})") from None
+        raw, full_scale = read_pixels(path)
+        img = to_unit_float(raw, str(path), full_scale)
+    except InputError as e:
+        text = str(e)
+        raise InputError(f"{where}: {text if text.startswith('cannot read') else f'cannot read image: {text}'}") from None
     if img.ndim == 2:
-        img = np.stack([img] * 3, -1)
+        img = img[..., None]
+    if img.ndim == 3 and img.shape[-1] in (1, 2):  # gray (+ alpha)
+        img = np.concatenate([img[..., :1]] * 3 + [img[..., 1:]], -1)
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
         raise InputError(f"{where}: image {path} has shape {img.shape}, expected H x W x 3 or 4")
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
-    img = img.astype(np.float32) / scale
     if img.shape[-1] == 4:
         a = img[..., 3:]
         return img[..., :3] * a + np.asarray(background, np.float32) * (1 - a), a
     return img, None
 
 
+#: Tolerance of the pose check: ``max |R^T R - I|`` and the last row's deviation from ``0 0 0 1``
+#: (JSON poses of the NeRF-synthetic scenes are orthonormal to ~1e-6).
+RIGID_TOLERANCE = 1e-3
+
+
+def _number(meta: dict, key: str, where: str, what: str) -> float:
+    """``meta[key]`` as a finite float; ``InputError`` naming the file and key otherwise."""
+    v = meta[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise InputError(f"{where}: {key!r} must be a finite number ({what}), got {v!r}")
+    return float(v)
+
+
+def _size(meta: dict, key: str, where: str) -> int | None:
+    """``meta[key]`` (``w``/``h``) as a positive integer, None when absent."""
+    if key not in meta:
+        return None
+    v = meta[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or v < 1:
+        raise InputError(f"{where}: {key!r} must be a positive whole number of pixels, got {v!r}")
+    return int(v)
+
+
+def check_intrinsics(meta: dict, where: str) -> None:
+    """Validate the camera entries of a transforms file before any image is read.
+
+    ``camera_angle_x`` (radians) must lie in ``(0, pi)``; ``fl_x``/``fl_y`` must be positive;
+    ``cx``/``cy`` finite and inside the image when ``w``/``h`` are given; ``w``/``h`` positive whole
+    numbers. One of ``camera_angle_x`` and ``fl_x`` is required. Messages name ``where`` and the key.
+    """
+    w, h = _size(meta, "w", where), _size(meta, "h", where)
+    if "fl_x" in meta:
+        for key in ("fl_x", "fl_y"):
+            if key in meta and _number(meta, key, where, "a focal length in pixels") <= 0:
+                raise InputError(f"{where}: {key!r} must be a positive focal length in pixels, got {meta[key]!r}")
+        for key, size in (("cx", w), ("cy", h)):
+            if key in meta:
+                c = _number(meta, key, where, "a principal point in pixels")
+                if size is not None and not 0 <= c <= size:
+                    raise InputError(f"{where}: {key!r} = {meta[key]!r} lies outside the image (0 to {size} pixels)")
+    elif "camera_angle_x" in meta:
+        a = _number(meta, "camera_angle_x", where, "the horizontal field of view in radians")
+        if not 0 < a < math.pi:
+            raise InputError(f"{where}: 'camera_angle_x' must be the horizontal field of view in radians, "
+                             f"between 0 and pi (180 degrees), got {meta['camera_angle_x']!r}")
+    else:
+        raise InputError(f"{where}: needs 'camera_angle_x' or 'fl_x'")
+
+
 def _intrinsics(meta: dict, width: int, height: int, where: str) -> Intrinsics:
+    check_intrinsics(meta, where)
     if "fl_x" in meta:
         fx = float(meta["fl_x"])
         fy = float(meta.get("fl_y", fx))
         cx, cy = float(meta.get("cx", width / 2)), float(meta.get("cy", height / 2))
         return Intrinsics(fx, fy, cx, cy, width, height)
-    if "camera_angle_x" not in meta:
-        raise InputError(f"{where}: needs 'camera_angle_x' or 'fl_x'")
     return Intrinsics.from_fov(width, height, float(meta["camera_angle_x"]))
 
 
+def check_pose(m: np.ndarray, where: str, tol: float = RIGID_TOLERANCE) -> None:
+    """Raise :class:`InputError` unless ``m`` ``[4, 4]`` is a rigid camera-to-world pose: rotation part
+    orthonormal with determinant +1 (within ``tol``), last row ``0 0 0 1``."""
+    rot = m[:3, :3]
+    err = float(np.abs(rot.T @ rot - np.eye(3)).max())
+    if err > tol:
+        raise InputError(f"{where}: 'transform_matrix' is not a rigid camera-to-world pose: its rotation part "
+                         f"is not orthonormal (max |R^T R - I| = {err:.3g}, tolerance {tol:g}); expected "
+                         "[[R, t], [0, 0, 0, 1]] with R a rotation")
+    if np.linalg.det(rot) < 0:
+        raise InputError(f"{where}: 'transform_matrix' is a reflection (its rotation part has determinant -1), "
+                         "not a camera pose; expected [[R, t], [0, 0, 0, 1]] with R a rotation")
+    if np.abs(m[3] - np.array([0.0, 0.0, 0.0, 1.0])).max() > tol:
+        raise InputError(f"{where}: 'transform_matrix' last row is {m[3].tolist()}, expected [0, 0, 0, 1]")
+
+
 def _pose(frame: dict, where: str) -> np.ndarray:
+    if "transform_matrix" not in frame:
+        raise InputError(f"{where}: missing 'transform_matrix'")
     try:
         m = np.asarray(frame["transform_matrix"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{where}: missing or non-numeric 'transform_matrix'") from None
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: 'transform_matrix' must be a 4x4 list of numbers") from None
     if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise InputError(f"{where}: 'transform_matrix' must be a finite 4x4 matrix, got shape {m.shape}")
+        raise InputError(f"{where}: 'transform_matrix' must be a finite 4x4 matrix, got shape {m.shape}"
+                         + ("" if m.shape != (4, 4) else " with NaN or infinite entries"))
+    check_pose(m, where)
     return m
 
 
@@ -128,20 +205,32 @@ def load_blender(root: str | Path, split: str = "train", downscale: int = 1,
 
     ``max_frames`` keeps the first frames only (evenly spaced subsets are the caller's choice).
     """
-    if downscale < 1 or int(downscale) != downscale:
-        raise InputError(f"downscale must be a positive integer, got {downscale}")
+    if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not downscale >= 1 \
+            or int(downscale) != downscale:
+        raise InputError(f"downscale must be a positive integer, got {downscale!r}")
+    if not (math.isfinite(near) and math.isfinite(far) and 0 <= near < far):
+        raise InputError(f"need finite near/far planes with 0 <= near < far, got near {near!r}, far {far!r}")
+    downscale = int(downscale)
     path = transforms_path(root, split)
     meta = _read_meta(path)
+    check_intrinsics(meta, str(path))
     frames = meta["frames"][:max_frames] if max_frames else meta["frames"]
-    images, alphas, poses, names, full = [], [], [], [], None
-    for i, frame in enumerate(frames):
-        where = f"{path.name} frame {i}"
-        if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
+    poses = []
+    for i, frame in enumerate(frames):  # every pose is checked before any image is decoded
+        where = f"{path} frame {i}"
+        if not isinstance(frame, dict) or "file_path" not in frame:
             raise InputError(f"{where}: missing 'file_path'")
-        where = f"{path.name} frame {i} ({frame['file_path']})"
-        poses.append(_pose(frame, where))
+        if not isinstance(frame["file_path"], str) or not frame["file_path"].strip():
+            raise InputError(f"{where}: 'file_path' must be a non-empty string, got {frame['file_path']!r}")
+        poses.append(_pose(frame, f"{where} ({frame['file_path']})"))
+    images, alphas, names, full = [], [], [], None
+    for i, frame in enumerate(frames):
+        where = f"{path} frame {i} ({frame['file_path']})"
         img, alpha = _load_rgba(_image_file(path.parent, frame["file_path"], where), background, where)
-        full = img.shape if full is None else full
+        if full is None:  # all frames as float32 RGB + alpha, in the list and stacked
+            full = img.shape
+            memory.guard(len(frames) * full[0] * full[1] * 4 * 4 * 2, f"the images ({len(frames)} frames of "
+                         f"{full[1]} x {full[0]})", f"scene {str(path)!r}", "load fewer frames (max_frames)")
         if img.shape != full:
             raise InputError(f"{where}: image size {img.shape[:2]} differs from frame 0's {full[:2]}")
         images.append(_downscale(img, downscale, where) if downscale > 1 else img)
@@ -149,9 +238,9 @@ def load_blender(root: str | Path, split: str = "train", downscale: int = 1,
             alphas.append(_downscale(alpha, downscale, where) if downscale > 1 else alpha)
         names.append(frame["file_path"])
     h0, w0 = full[0], full[1]
-    K = _intrinsics(meta, int(meta.get("w", w0)), int(meta.get("h", h0)), path.name)
+    K = _intrinsics(meta, _size(meta, "w", str(path)) or w0, _size(meta, "h", str(path)) or h0, str(path))
     if (K.width, K.height) != (w0, h0):
-        raise InputError(f"{path.name}: w/h {K.width}x{K.height} do not match the images ({w0}x{h0})")
+        raise InputError(f"{path}: w/h {K.width}x{K.height} do not match the images ({w0}x{h0})")
     alpha_t = torch.from_numpy(np.stack(alphas)[..., 0]).float() if len(alphas) == len(images) else None
     return BlenderSplit(torch.from_numpy(np.stack(images)).float(), torch.from_numpy(np.stack(poses)).float(),
                         K.scaled(downscale) if downscale > 1 else K, names, near, far, alpha_t)

@@ -22,10 +22,30 @@ from pathlib import Path
 
 import numpy as np
 
-from gridfield.errors import InputError
+from gridfield.errors import InputError, missing_extra, regular_file
 
 BUILTINS = ("torus_knot",)
 CACHE_VERSION = "sdf-samples-v2"
+#: Who needs the mesh extra, for the missing-dependency message.
+NEEDED_BY = "gridfield sdf (and make-scene)"
+
+
+def _trimesh():
+    """``trimesh``, or one :class:`InputError` saying how to install the mesh extra."""
+    try:
+        import trimesh
+    except ImportError as e:
+        raise missing_extra("trimesh", "mesh", NEEDED_BY, e) from None
+    return trimesh
+
+
+def _igl():
+    """``igl`` (libigl), or one :class:`InputError` saying how to install the mesh extra."""
+    try:
+        import igl
+    except ImportError as e:
+        raise missing_extra("libigl", "mesh", NEEDED_BY, e) from None
+    return igl
 
 
 @dataclass(frozen=True)
@@ -51,7 +71,7 @@ def torus_knot_mesh(p: int = 2, q: int = 3, tube: float = 0.45, segments: int = 
     of radius ``tube`` in the curve's Frenet frame (periodic, since the curve is closed), so rings join
     seamlessly. Returns a ``trimesh.Trimesh`` with ``segments * sides`` vertices.
     """
-    import trimesh
+    trimesh = _trimesh()
 
     t = np.linspace(0.0, 2 * np.pi, segments, endpoint=False)
 
@@ -86,13 +106,14 @@ def load_mesh(source: str | os.PathLike):
     missing or unreadable file, an empty mesh, a mesh without faces (a point cloud), non-finite
     vertices or a degenerate (zero-size or flat) extent. Warns when the mesh is not watertight.
     """
-    import trimesh
+    trimesh = _trimesh()
 
     if str(source) in BUILTINS:
         return torus_knot_mesh(), str(source)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"mesh file not found: {path} (or use a built-in shape: {', '.join(BUILTINS)})")
+    regular_file(path, "mesh file")
     try:
         obj = trimesh.load(path)
     except Exception as e:  # trimesh raises many types for malformed files
@@ -149,7 +170,7 @@ def _vf(mesh) -> tuple[np.ndarray, np.ndarray]:
 
 def inside(mesh, points: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     """``[N]`` bool: fast generalized winding number > 1/2 (robust to small holes)."""
-    import igl
+    igl = _igl()
 
     v, f = _vf(mesh)
     p = np.asarray(points, dtype=np.float64)
@@ -164,7 +185,7 @@ def signed_distance(mesh, points: np.ndarray) -> np.ndarray:
     (libigl's own ``SIGNED_DISTANCE_TYPE_FAST_WINDING_NUMBER`` returns distances with ~1e-3 error, so
     the distance and the sign are computed separately.)
     """
-    import igl
+    igl = _igl()
 
     v, f = _vf(mesh)
     p = np.ascontiguousarray(points, dtype=np.float64)
@@ -181,7 +202,7 @@ def sample_sdf(mesh, n: int, ratio: tuple[float, float, float] = (4, 3, 1), sigm
     ``ratio`` splits ``n`` into surface points (SDF 0), surface points plus isotropic Gaussian noise of
     std ``sigma``, and uniform points in ``[-1, 1]^3``. Returns float32 ``points [n, 3]``, ``sdf [n]``.
     """
-    import trimesh
+    trimesh = _trimesh()
 
     r = np.asarray(ratio, dtype=np.float64)
     if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:

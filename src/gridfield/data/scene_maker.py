@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gridfield import memory
 from gridfield.data.meshes import load_mesh, normalize
 from gridfield.errors import InputError
+from gridfield.outdir import check_out_dir, write_dir_atomically
 from gridfield.render.rays import Intrinsics, camera_rays, look_at
 
 CAMERA_ANGLE_X = 0.6911112070083618  # the NeRF-synthetic scenes' horizontal field of view
@@ -91,27 +93,49 @@ def _write_split(out: Path, split: str, mesh, isect, poses: torch.Tensor, K: Int
     (out / f"transforms_{split}.json").write_text(json.dumps(meta, indent=1))
 
 
+def _check_request(views, test_views, size, supersample, distance, object_radius) -> None:
+    def whole(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+    def real(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(v)
+
+    for name, v, low in (("views", views, 1), ("test_views", test_views, 1), ("size", size, 4),
+                         ("supersample", supersample, 1)):
+        if not whole(v) or v < low:
+            raise InputError(f"{name} must be a whole number >= {low}, got {v!r}")
+    for name, v in (("distance", distance), ("object_radius", object_radius)):
+        if not real(v) or v <= 0:
+            raise InputError(f"{name} must be a finite positive number, got {v!r}")
+    if distance <= object_radius:
+        raise InputError(f"camera distance {distance} must exceed the object radius {object_radius}")
+
+
 def make_scene(mesh_or_builtin: str, out: str | Path, views: int = 50, test_views: int = 10, size: int = 128,
                distance: float = 4.0, object_radius: float = 1.0, supersample: int = 2,
                upper: bool = False) -> Path:
     """Render ``views`` train and ``test_views`` test (also written as ``val``) images of ``size^2``.
 
-    ``mesh_or_builtin``: a mesh file or a built-in name of :mod:`gridfield.data.meshes`. Returns ``out``.
+    ``mesh_or_builtin``: a mesh file or a built-in name of :mod:`gridfield.data.meshes`. Returns ``out``
+    (absolute). Every argument, the output folder (:func:`gridfield.outdir.check_out_dir`) and the
+    memory of one view (:func:`gridfield.memory.estimate_scene_bytes`) are checked before the mesh is
+    loaded; the scene is written atomically (:func:`gridfield.outdir.write_dir_atomically`): ``out``
+    holds the whole scene or is left as it was.
     """
-    if views < 1 or test_views < 1 or size < 4 or supersample < 1:
-        raise InputError(f"need views >= 1, test_views >= 1, size >= 4, supersample >= 1; got "
-                         f"{views}, {test_views}, {size}, {supersample}")
-    if distance <= object_radius:
-        raise InputError(f"camera distance {distance} must exceed the object radius {object_radius}")
+    _check_request(views, test_views, size, supersample, distance, object_radius)
+    memory.guard(memory.estimate_scene_bytes(size, supersample), f"rendering one view ({size} x {size} "
+                 f"pixels, {supersample}^2 rays each)", f"--size {size} --supersample {supersample}")
+    check_out_dir(out)
     mesh, _ = load_mesh(mesh_or_builtin)
     mesh, _ = normalize(mesh, radius=object_radius)
     isect = _intersector(mesh)
     K = Intrinsics.from_fov(size, size, CAMERA_ANGLE_X)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     train = look_at(torch.from_numpy(fibonacci_sphere(views, 0.0, upper) * distance))
     test = look_at(torch.from_numpy(fibonacci_sphere(test_views, 1.0, upper) * distance))
-    _write_split(out, "train", mesh, isect, train, K, supersample)
-    for split in ("test", "val"):
-        _write_split(out, split, mesh, isect, test, K, supersample)
-    return out
+
+    def write(folder: Path) -> None:
+        _write_split(folder, "train", mesh, isect, train, K, supersample)
+        for split in ("test", "val"):
+            _write_split(folder, split, mesh, isect, test, K, supersample)
+
+    return write_dir_atomically(out, write)
