@@ -22,7 +22,6 @@ from gridfield import memory, presets
 from gridfield.data.blender import BlenderSplit, load_blender
 from gridfield.errors import InputError
 from gridfield.models import count_parameters
-from gridfield.outdir import check_out_dir, write_dir_atomically
 from gridfield.render import outputs
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings
@@ -95,10 +94,17 @@ def _check(cfg: NerfConfig) -> None:
                   ("--turntable-frames", cfg.turntable_frames, cfg.turntable_frames >= 0, ">= 0"))
     if cfg.model not in presets.models("nerf"):
         raise InputError(f"unknown model {cfg.model!r} for nerf; choose one of {', '.join(presets.models('nerf'))}")
-    feats = 1 + (27 if cfg.appearance == "sh" else 12)
-    need = (memory.estimate_grid_bytes(cfg.resolution, feats)
-            + memory.estimate_grid_bytes(cfg.occ_resolution, 2, copies=1))
-    memory.guard(need, f"a {cfg.resolution}^3 dense radiance grid", f"--resolution {cfg.resolution}")
+    memory.guard(memory.estimate_grid_bytes(cfg.occ_resolution, 2, copies=1),
+                 f"a {cfg.occ_resolution}^3 occupancy grid", f"--occ-resolution {cfg.occ_resolution}")
+
+
+def _check_memory(spec: presets.RadianceSpec, cfg: NerfConfig) -> None:
+    """Refuse a field whose parameters, gradients and Adam moments (at the final resolution) exceed memory."""
+    final = spec.refit(cfg.resolution, spec.aabb) if cfg.model == "dense" else spec
+    skeleton = memory.meta_module(final.build)
+    if skeleton is not None:
+        memory.guard(4 * memory.module_bytes(skeleton), f"the {cfg.model} radiance field (parameters, "
+                     "gradients and Adam moments)", f"--resolution {cfg.resolution}")
 
 
 def run(cfg: NerfConfig) -> dict:
@@ -106,15 +112,16 @@ def run(cfg: NerfConfig) -> dict:
     _check(cfg)
     t = cfg.train
     ctx = start_run(t, Path("outputs") / "nerf" / f"{Path(cfg.scene).name}-{cfg.model}")
+    first = 2 * cfg.aabb_scale / max(8, cfg.resolution // 2) * cfg.step_ratio
+    spec = presets.get("nerf", cfg.model, resolution=cfg.resolution, appearance=cfg.appearance,
+                       aabb_scale=cfg.aabb_scale, step=first, alpha_init=cfg.alpha_init)
+    _check_memory(spec, cfg)
     seed_everything(t.seed)
     bg = (1.0, 1.0, 1.0) if cfg.white_background else (0.0, 0.0, 0.0)
     train = load_blender(cfg.scene, "train", cfg.downscale, bg)
     test = load_blender(cfg.scene, "test", cfg.downscale, bg)
     keep = evenly_spaced(test.images.shape[0], cfg.test_views)
     test = BlenderSplit(test.images[keep], test.c2w[keep], test.K, [test.names[i] for i in keep], test.near, test.far)
-    first = 2 * cfg.aabb_scale / max(8, cfg.resolution // 2) * cfg.step_ratio
-    spec = presets.get("nerf", cfg.model, resolution=cfg.resolution, appearance=cfg.appearance,
-                       aabb_scale=cfg.aabb_scale, step=first, alpha_init=cfg.alpha_init)
     dev = ctx.device
     occ = OccupancyGrid(torch.tensor(list(spec.aabb)), cfg.occ_resolution).to(dev)
     if cfg.carve and train.alphas is not None:
@@ -186,17 +193,11 @@ class MakeSceneConfig:
 
 
 def run_make_scene(cfg: MakeSceneConfig) -> Path:
-    """CLI entry of ``gridfield make-scene``: the scene folder appears whole or not at all."""
+    """CLI entry of ``gridfield make-scene``: the scene folder appears whole or not at all (every option,
+    the memory of one view and ``--out`` are checked by :func:`make_scene` before the mesh is loaded)."""
     from gridfield.data.scene_maker import make_scene  # deferred: needs the optional mesh extra
 
-    check_options(("--distance", cfg.distance, math.isfinite(cfg.distance) and cfg.distance > 1.0, "finite and > 1"),
-                  ("--size", cfg.size, cfg.size >= 4, ">= 4"), ("--views", cfg.views, cfg.views >= 1, ">= 1"),
-                  ("--test-views", cfg.test_views, cfg.test_views >= 1, ">= 1"),
-                  ("--supersample", cfg.supersample, cfg.supersample >= 1, ">= 1"))
-    memory.guard(memory.estimate_scene_bytes(cfg.size, cfg.supersample), f"rendering {cfg.size}^2 views",
-                 f"--size {cfg.size}")
-    check_out_dir(cfg.out)
-    out = write_dir_atomically(cfg.out, lambda d: make_scene(cfg.mesh, d, cfg.views, cfg.test_views, cfg.size,
-                                                              cfg.distance, 1.0, cfg.supersample, cfg.upper))
+    out = make_scene(cfg.mesh, cfg.out, cfg.views, cfg.test_views, cfg.size, cfg.distance, 1.0, cfg.supersample,
+                     cfg.upper)
     print(f"wrote {cfg.views} train and {cfg.test_views} test views of {cfg.mesh} to {out}")
     return out
