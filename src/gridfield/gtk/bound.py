@@ -76,7 +76,7 @@ def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 
     p, rr = z.copy(), (r * z).sum(0)
     alphas, betas, it = [], [], 0
     active = np.ones(b.shape[1], bool)
-    for _ in range(1, maxiter + 1):
+    for it in range(1, maxiter + 1):  # noqa: B007 - the count is returned after the loop
         ap = matvec(p)
         ap = ap[:, None] if ap.ndim == 1 else ap
         pap = (p * ap).sum(0)
