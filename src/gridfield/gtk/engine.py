@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from dataclasses import field as dc_field
 
-import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from torch import Tensor, nn
 
 from gridfield.errors import InputError
 from gridfield.fields import Field, IdentityDecoder
+from gridfield.grids.base import Grid
 from gridfield.gtk._checks import check_budget, check_choice, check_points, default_budget
+from gridfield.gtk._result import GTK
+from gridfield.gtk.fn import Implementation, gtk_fn
 from gridfield.gtk.jacobian import grid_jacobian, kernel_nnz_bound, n_grid_params, other_jacobian, other_trainable
 from gridfield.gtk.operator import GTKOperator
 from gridfield.gtk.precond import lattice_preconditioner
@@ -36,60 +34,14 @@ IMPLEMENTATIONS = ("auto", "reference", "structured", "operator")
 WRT = ("grid", "all")
 
 
-@dataclass
-class GTK:
-    """A computed GTK ``[n1, n2]`` and how it was computed.
-
-    matrix: ``np.ndarray`` (reference, or structured with ``wrt="all"``), ``scipy.sparse.csr_matrix``
-    (structured, ``wrt="grid"``) or :class:`GTKOperator` (operator).
-    """
-
-    matrix: np.ndarray | sp.csr_matrix | GTKOperator
-    implementation: str
-    wrt: str
-    out_dim: int
-    n_params: int
-    seconds: float
-    info: dict = dc_field(default_factory=dict)
-    preconditioner: LinearOperator | None = None  # M^-1 for CG (operator GTK of a 2D lattice), see gtk.precond
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.matrix.shape
-
-    def dense(self, max_bytes: int | None = None) -> np.ndarray:
-        """``G`` as a dense ``[n1, n2]`` array (memory checked first; the operator applies ``G`` to ``I``)."""
-        check_budget(f"a dense {self.shape[0]} x {self.shape[1]} GTK", 8.0 * self.shape[0] * self.shape[1],
-                     max_bytes, "use the operator (G.linear_operator()) with eigenspectrum/bound instead")
-        if isinstance(self.matrix, np.ndarray):
-            return self.matrix
-        if sp.issparse(self.matrix):
-            return self.matrix.toarray()
-        return self.matrix @ np.eye(self.shape[1])
-
-    def linear_operator(self) -> LinearOperator:
-        """``G`` as a SciPy ``LinearOperator`` (the operator itself, or a wrapper)."""
-        return self.matrix if isinstance(self.matrix, LinearOperator) else aslinearoperator(self.matrix)
-
-    def diagonal(self) -> np.ndarray:
-        """``G_ii`` for square kernels: ``[n]``."""
-        if self.shape[0] != self.shape[1]:
-            raise InputError(f"the diagonal needs a square GTK, this one is {self.shape}")
-        m = self.matrix
-        return m.diagonal() if not isinstance(m, np.ndarray) else np.diag(m).copy()
-
-    def __repr__(self) -> str:
-        return (f"GTK(shape={self.shape}, implementation={self.implementation!r}, wrt={self.wrt!r}, "
-                f"out_dim={self.out_dim}, n_params={self.n_params}, seconds={self.seconds:.3g})")
-
-
 def _as_field(model: nn.Module) -> nn.Module:
     """A ``Field``; a bare grid gets the identity decoder (its features are the outputs)."""
     if hasattr(model, "grid") and hasattr(model, "decoder"):
         return model
     if hasattr(model, "support") and hasattr(model, "grid_parameters"):
         return Field(model, IdentityDecoder(model.out_dim, model.out_dim))
-    raise InputError(f"gtk expects a Field (grid + decoder) or a Grid, got {type(model).__name__}")
+    raise InputError(f"gtk expects a Field (grid + decoder) or a Grid (or a module containing one), got "
+                     f"{type(model).__name__}; for any other model use gridfield.gtk.gtk_fn")
 
 
 def _is_gridless(model: nn.Module) -> bool:
@@ -120,6 +72,31 @@ def _gridless_ntk(model, x1, x2, wrt, implementation, dtype, max_bytes) -> GTK:
     return result
 
 
+def _field_like(model: nn.Module) -> bool:
+    """A Field (grid + decoder), a bare Grid, or a non-grid reference field: the paths of this module."""
+    return ((hasattr(model, "grid") and hasattr(model, "decoder"))
+            or (hasattr(model, "support") and hasattr(model, "grid_parameters")) or _is_gridless(model))
+
+
+def _contains_grid(model: nn.Module) -> bool:
+    return any(isinstance(m, Grid) for m in model.modules())
+
+
+def _any_module(model, x1, x2, wrt, implementation, dtype, max_bytes) -> GTK:
+    """Any other module containing a Grid (a user's module; a radiance field has no forward, see
+    :func:`gtk_fn`) through :func:`gtk_fn`, its grids found by type. ``reference`` runs
+    ``JACOBIAN_CONTRACTION``, ``operator`` :meth:`KernelFn.operator`."""
+    impl = {"auto": Implementation.AUTO, "structured": Implementation.STRUCTURED,
+            "reference": Implementation.JACOBIAN_CONTRACTION, "operator": Implementation.STRUCTURED}[implementation]
+    kernel_fn = gtk_fn(model, wrt=wrt, implementation=impl, dtype=dtype, max_bytes=max_bytes)
+    if implementation == "operator":
+        if x2 is not None:
+            raise InputError("the operator implementation is for square kernels G(x, x); "
+                             "use implementation='structured' for a cross kernel G(x1, x2)")
+        return kernel_fn.operator(x1)
+    return kernel_fn(x1, x2)
+
+
 def _grid_names(field: nn.Module) -> list[str]:
     return list(field.grid_parameters())
 
@@ -129,7 +106,8 @@ def gtk(model: nn.Module, x1: Tensor, x2: Tensor | None = None, wrt: str = "grid
         max_bytes: int | None = None) -> GTK:
     """The channel-averaged grid tangent kernel ``G_ij = (1/m) sum_o <dg_o(x1_i)/dw, dg_o(x2_j)/dw>``.
 
-    model: a ``Field`` (or a bare ``Grid``: identity decoder). x1 ``[n1, d]``, x2 ``[n2, d]`` (default
+    model: a ``Field`` (or a bare ``Grid``: identity decoder; any other module goes through
+    :func:`~gridfield.gtk.gtk_fn`, its grids found by type). x1 ``[n1, d]``, x2 ``[n2, d]`` (default
     ``x1``) in ``[-1, 1]^d``. wrt: ``"grid"`` (the paper's GTK: grid features only) or ``"all"``
     (grid + trainable decoder/kernel parameters: the empirical NTK). dtype: of the assembled kernel.
     max_bytes: memory budget (default half the available memory), checked before allocating.
@@ -137,6 +115,8 @@ def gtk(model: nn.Module, x1: Tensor, x2: Tensor | None = None, wrt: str = "grid
     """
     check_choice("wrt", wrt, WRT)
     check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if isinstance(model, nn.Module) and not _field_like(model) and _contains_grid(model):
+        return _any_module(model, x1, x2, wrt, implementation, dtype, max_bytes)
     if _is_gridless(model):
         return _gridless_ntk(model, x1, x2, wrt, implementation, dtype, max_bytes)
     field = _as_field(model)
