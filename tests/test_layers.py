@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("checkpoints", "gtk", "render", "data", "metrics", "metrics_sdf", "report"),
     ("training",),
     ("tasks", "analyses"),
+    ("viewer",),
     ("cli",),
 ]
 #: The edges allowed between peers (units of one layer): importer -> imported units.

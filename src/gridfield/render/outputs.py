@@ -47,10 +47,17 @@ def save_gif(path: str | Path, frames: list[Tensor], fps: int = 12) -> None:
     iio.imwrite(Path(path), np.stack([to_uint8(f) for f in frames]), duration=int(1000 / fps), loop=0)
 
 
-def save_checkpoint(path: str | Path, field, occupancy, spec: dict, settings: dict, camera: dict) -> None:
+def save_checkpoint(path: str | Path, field, occupancy, spec: dict, settings: dict, camera: dict,
+                    train_poses: Tensor | None = None) -> None:
     """Save a trained radiance field, its occupancy grid, the ``spec`` that rebuilds the field (see
     :func:`gridfield.tasks.nerf.build_field_from_spec`), render ``settings`` and a ``camera``
-    (intrinsics and the mean orbit of the training views) for rendering new paths."""
+    (intrinsics and the mean orbit of the training views) for rendering new paths.
+
+    ``train_poses`` (the training cameras' OpenGL camera-to-world ``[N, 4, 4]``, optional) is stored in
+    the camera as ``camera["train_c2w"]`` (``gridfield view`` draws them); checkpoints without it load too.
+    """
+    if train_poses is not None:
+        camera = {**camera, "train_c2w": train_poses.detach().to("cpu", torch.float32).clone()}
     torch.save({"format": CHECKPOINT_FORMAT, "spec": spec, "settings": settings, "camera": camera,
                 "state_dict": checkpoints.cpu_state(field),
                 "occupancy": checkpoints.cpu_state(occupancy)}, Path(path))
@@ -85,6 +92,11 @@ def load_checkpoint(path: str | Path, build_field, device: str | torch.device = 
     if not (math.isfinite(camera["radius"]) and camera["radius"] > 0 and math.isfinite(camera["elevation"])):
         raise InputError(f"{where}: implausible camera orbit (radius {camera['radius']!r}, elevation "
                          f"{camera['elevation']!r}); the file is damaged")
+    poses = camera.get("train_c2w")  # optional: checkpoints written before it was stored have none
+    if poses is not None and not (isinstance(poses, torch.Tensor) and poses.ndim == 3 and poses.shape[1:] == (4, 4)
+                                  and poses.is_floating_point() and bool(torch.isfinite(poses).all())):
+        raise InputError(f"{where}: its training poses (camera 'train_c2w') are not finite [N, 4, 4] matrices; "
+                         "the file is damaged")
     occ_state = ck["occupancy"]
     checkpoints.require_keys(occ_state, path, {"aabb": torch.Tensor, "ema": torch.Tensor}, "its occupancy grid")
     cells = occ_state["ema"].numel()

@@ -4,6 +4,9 @@ the resumable state the run no longer needs."""
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +51,24 @@ def finish_run(ctx: RunContext, write: Callable[[Path], None]) -> None:
         write_dir_atomically(ctx.out, write)
         ctx.state.unlink(missing_ok=True)
     distributed.barrier()
+
+
+def run_record(task: str, device: torch.device | str) -> dict:
+    """What ``metrics.json`` says about a run besides its numbers: the ``task``, the ``machine`` (CPU,
+    cores, torch threads, device, torch and Python versions) and the ``date`` (local time, ISO 8601);
+    ``gridfield report`` shows them."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return {"task": task, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": name,
+                        "torch": torch.__version__, "python": platform.python_version(),
+                        "system": f"{platform.system()} {platform.release()}"}}
 
 
 def apply_backend(module: nn.Module, backend: str) -> nn.Module:

@@ -22,7 +22,7 @@ from gridfield.errors import InputError
 from gridfield.models import count_parameters
 from gridfield.outdir import write_file_atomically
 from gridfield.report.figures import save_error_map, save_image, save_psnr_curve
-from gridfield.tasks.common import apply_backend, finish_run, start_run
+from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.image_fit import FitResult, fit_image, holdout_mask, render_image
 from gridfield.training import Nested, check_options, config_dict, seed_everything, train_defaults
 
@@ -119,7 +119,7 @@ def run(cfg: ImageConfig) -> dict:
                "full_psnr": m["full_psnr"], "holdout_fraction": m["holdout_fraction"],
                "image": cfg.image, "shape": [H, W, C], "device": str(ctx.device), "seed": t.seed,
                "lr_grid": lr_grid, "lr_other": lr_other, "batch_size": cfg.batch_size, "world_size": ctx.dist.world,
-               "spec": spec.to_dict(), "config": config}
+               "spec": spec.to_dict(), "config": config, **run_record("image", ctx.device)}
 
     def write(d: Path) -> None:
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

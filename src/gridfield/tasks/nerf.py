@@ -26,7 +26,7 @@ from gridfield.render import outputs
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings
 from gridfield.render.rays import orbit_poses
-from gridfield.tasks.common import apply_backend, finish_run, start_run
+from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.nerf_eval import SSIM_KIND, evaluate, evenly_spaced, load_nerf, orbit_camera, render_path
 from gridfield.tasks.nerf_train import NerfSchedule, step_size, train_nerf
 from gridfield.training import Nested, check_options, config_dict, seed_everything, train_defaults
@@ -147,7 +147,8 @@ def run(cfg: NerfConfig) -> dict:
 
     def write(d: Path) -> None:
         ev = evaluate(field, occ, test, settings, d, cfg.save_renders)
-        outputs.save_checkpoint(d / "checkpoint.pt", field, occ, spec.to_dict(), asdict(settings), camera)
+        outputs.save_checkpoint(d / "checkpoint.pt", field, occ, spec.to_dict(), asdict(settings), camera,
+                                train.c2w)
         if cfg.turntable_frames > 0:
             poses = orbit_poses(cfg.turntable_frames, camera["radius"], camera["elevation"])
             frames = render_path(field, occ, settings, poses, train.K.scaled(2))
@@ -161,7 +162,8 @@ def run(cfg: NerfConfig) -> dict:
             "appearance": spec.field["appearance"], "final_resolution": spec.resolution,
             "device": str(dev), "threads": torch.get_num_threads(), "world_size": ctx.dist.world,
             **{k: v for k, v in stats.items() if k not in ("train_seconds", "rays_per_second")},
-            "psnr_per_view": ev["psnr_per_view"], "ssim_per_view": ev["ssim_per_view"], "config": config})
+            "psnr_per_view": ev["psnr_per_view"], "ssim_per_view": ev["ssim_per_view"], "spec": spec.to_dict(),
+            "config": config, **run_record("nerf", dev)})
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     finish_run(ctx, write)

@@ -23,7 +23,7 @@ from torch import nn
 from gridfield import checkpoints, memory, presets
 from gridfield.errors import InputError
 from gridfield.models import count_parameters
-from gridfield.tasks.common import apply_backend, finish_run, start_run
+from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.sdf_fit import SDFTask, eikonal_loss, fit_sdf, predict, sdf_loss, set_output_bias, tensor_sampler
 from gridfield.training import Nested, check_options, config_dict, seed_everything, train, train_defaults
 
@@ -155,7 +155,8 @@ def run(cfg: SDFConfig) -> dict:
                                          cfg.chamfer_points)
     metrics = {"mesh": name, "model": cfg.model, **ev, "params": count_parameters(field),
                "train_seconds": res.seconds, "steps": res.steps, "watertight": bool(mesh.is_watertight),
-               "device": str(dev), "world_size": ctx.dist.world, "spec": spec.to_dict(), "config": config}
+               "device": str(dev), "world_size": ctx.dist.world, "spec": spec.to_dict(), "config": config,
+               **run_record("sdf", dev)}
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     export = pred_mesh.copy()
     export.vertices = norm.from_unit(pred_mesh.vertices)
