@@ -3,8 +3,10 @@
 Nothing is compiled at import: :func:`load_extension` compiles a source set the first time a fast path
 asks for it (one message on stderr), and later processes load the cached library. The cache lives in
 ``$GRIDFIELD_CACHE`` (default ``~/.cache/gridfield``) under ``extensions/<name>-<hash>``, where the
-hash covers the sources, the compiler flags, the torch version and the Python version, so an edit or
-an upgrade rebuilds and nothing stale is loaded.
+hash covers the sources, the compiler flags, the torch version, the Python version and the checkout's
+source folder (torch rebuilds whenever the source paths change, so two checkouts sharing one cache
+would otherwise rebuild each other's library in turn), so an edit or an upgrade rebuilds and nothing
+stale is loaded. A build lock left by a killed build (older than :data:`STALE_LOCK_SECONDS`) is removed.
 
 Where a compiler, ninja or the torch headers are missing, or the build fails, :func:`load_extension`
 returns ``None`` after one warning line and the caller uses its plain-PyTorch reference.
@@ -21,6 +23,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import warnings
 from functools import cache
 from pathlib import Path
@@ -57,6 +60,7 @@ def _digest(name: str, sources: tuple[str, ...]) -> str:
         h.update((CSRC / s).read_bytes())
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{platform.machine()}".encode())
+    h.update(str(CSRC).encode())  # torch rebuilds when the source paths change: one build per checkout
     return f"{name}-{h.hexdigest()[:12]}"
 
 
@@ -69,6 +73,21 @@ def _ninja_on_path() -> None:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
+
+
+STALE_LOCK_SECONDS = 600  # a build takes about a minute; a lock older than this was left by a killed build
+
+
+def _drop_stale_lock(build: Path) -> None:
+    """Remove torch's build lock left by a build that was killed (else every later run waits on it)."""
+    lock = build / "lock"
+    try:
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+            print(f"gridfield: removed a stale build lock in {build} (an earlier build was interrupted)",
+                  file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 @cache
@@ -85,6 +104,7 @@ def load_extension(name: str, sources: tuple[str, ...]):
         tag = _digest(name, sources)
         build = cache_dir() / "extensions" / tag
         build.mkdir(parents=True, exist_ok=True)
+        _drop_stale_lock(build)
         fresh = not any(build.glob(f"{name}*.so"))
         if fresh:
             print(f"gridfield: compiling the C++ fast path '{name}' (first use only, about a minute; "
