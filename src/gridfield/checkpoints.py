@@ -17,6 +17,8 @@ Example (a task's loader)::
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,15 @@ def read_checkpoint(path: str | Path, fmt: str, what: str) -> dict:
     memory.guard(os.path.getsize(p), "loading it", f"checkpoint {str(p)!r}",
                  "the file is larger than the memory; load it on a larger machine")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error says it all
+            warnings.simplefilter("ignore")
+            ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"cannot read checkpoint {str(p)!r}: {type(e).__name__}") from None
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = type(e).__name__ + (f": it refers to the Python object {code.group(1)}, which is refused (checkpoints "
+                                  "are read without running code from them)" if code else
+                                  "; the file is damaged or not a checkpoint")
+        raise InputError(f"cannot read checkpoint {str(p)!r}: {why}") from None
     if not isinstance(ck, dict) or ck.get("format") != fmt:
         raise InputError(f"{str(p)!r} is not a gridfield {what} checkpoint (format {fmt})")
     return ck
@@ -189,7 +197,8 @@ def build_checked(path: str | Path, spec: Any, state: Any, build: Callable[[Any]
         module.load_state_dict(dict(state), strict=True)
     except (RuntimeError, TypeError, ValueError) as e:
         text = str(e).strip().splitlines()
-        raise InputError(f"{where}: its weights cannot be loaded into {what} ({text[0] if text else type(e).__name__})") from None
+        why = text[0] if text else type(e).__name__
+        raise InputError(f"{where}: its weights cannot be loaded into {what} ({why})") from None
     if device is not None and memory.device_type(device) != "cpu":
         memory.guard(need, f"{what} on {device}", where, "use a device with more free memory, or the CPU",
                      device=device)

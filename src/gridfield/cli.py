@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + str(e).replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        sys.unraisablehook = _quiet  # objects the interrupt left half-built may complain when collected
         saved = "; the training state is saved: rerun the same command with --resume to continue" if str(e) else ""
         print(f"interrupted{' ' + str(e) if str(e) else ''}{saved}; no output was written", file=sys.stderr)
         return 130
@@ -103,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     return 0
+
+
+def _quiet(unraisable) -> None:
+    """After an interrupt: drop the "Exception ignored in __del__" reports of objects it cut short (e.g. an
+    image writer interrupted in its constructor), so the interrupt stays one line."""
 
 
 def _terminate(signum, frame) -> None:

@@ -221,6 +221,14 @@ def estimate_image_bytes(height: int, width: int, channels: int, itemsize: int =
     return pixels * (2 * int(channels) * int(itemsize) + 3 * out_channels * 4)
 
 
+def estimate_sample_bytes(n: int) -> int:
+    """Peak bytes of drawing the SDF task's pool of ``n`` training samples (``sdf --samples``): float64
+    surface points, their noisy copies, the uniform points and the concatenated pool (4 x 24 bytes),
+    the float64 distances (8), the float32 points and distances kept (16) and their copy on the
+    training device (16): 136 bytes per sample."""
+    return int(n) * 136
+
+
 def estimate_scene_bytes(size: int, supersample: int = 2) -> int:
     """Peak bytes of rendering one ``size x size`` view in the scene maker with ``supersample^2`` rays
     per pixel: 400 bytes per ray (pixel indices, float32 and float64 origins and directions, colour

@@ -62,6 +62,17 @@ def _existing_ancestor(path: Path, label: str) -> Path:
     return ancestor
 
 
+def _probe_writable(folder: Path, label: str, verb: str) -> None:
+    """Create and remove a temporary folder in ``folder``: the only test that holds for root (whom
+    permission bits do not stop) and for read-only or virtual file systems (``/proc``, a read-only mount)."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".gridfield-probe-", dir=folder)
+    except OSError as e:
+        raise InputError(f"{label} cannot be {verb}: cannot write in {str(folder)!r} "
+                         f"({e.strerror or type(e).__name__})") from None
+    os.rmdir(probe)
+
+
 def check_out_dir(out: Path | str, option: str = "--out") -> Path:
     """Absolute ``out`` after checking that gridfield may write (and later replace) it.
 
@@ -80,9 +91,13 @@ def check_out_dir(out: Path | str, option: str = "--out") -> Path:
                          "directory; gridfield writes its outputs into a folder of their own, name a new one")
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {str(out)!r} exists and is not a directory")
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{option} {str(out)!r} is a broken symbolic link; remove it or name a new folder")
     ancestor = _existing_ancestor(path, f"{option} {str(out)!r}")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(f"{option} {str(out)!r} cannot be created: {str(ancestor)!r} is not writable")
+    if not path.is_dir():
+        _probe_writable(ancestor, f"{option} {str(out)!r}", "created")
     if path.is_dir():
         present = _listing(path)
         if present:
@@ -97,6 +112,7 @@ def check_out_dir(out: Path | str, option: str = "--out") -> Path:
                                  f"({shown}); move them or choose a new folder")
         if not os.access(path.parent, os.W_OK | os.X_OK):
             raise InputError(f"{option} {str(out)!r} cannot be replaced: {str(path.parent)!r} is not writable")
+        _probe_writable(path.parent, f"{option} {str(out)!r}", "replaced")
     return path
 
 
@@ -136,6 +152,20 @@ def write_dir_atomically(out: Path | str, write: Callable[[Path], None], option:
     return out
 
 
+def check_out_file(path: Path | str, option: str = "--out") -> Path:
+    """Absolute ``path`` after checking that a file may be written there (before any work).
+
+    Raises :class:`InputError` naming ``option`` when ``path`` exists and is not a regular file (a
+    folder, a FIFO, a broken link), lies below a file, or its nearest existing folder cannot be written.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    if (path.exists() and not path.is_file()) or (path.is_symlink() and not path.exists()):
+        raise InputError(f"{option} {str(path)!r} exists and is not a regular file")
+    ancestor = _existing_ancestor(path, f"{option} {str(path)!r}")
+    _probe_writable(ancestor, f"{option} {str(path)!r}", "written")
+    return path
+
+
 def write_file_atomically(path: Path | str, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file name beside ``path`` (same suffix), then rename it.
 
@@ -143,7 +173,7 @@ def write_file_atomically(path: Path | str, write: Callable[[Path], None]) -> Pa
     that is a file raises :class:`InputError`. On any error ``path`` is left as it was.
     """
     path = Path(os.path.abspath(Path(path).expanduser()))
-    if path.exists() and not path.is_file():
+    if (path.exists() and not path.is_file()) or (path.is_symlink() and not path.exists()):
         raise InputError(f"{str(path)!r} exists and is not a regular file")
     _existing_ancestor(path, repr(str(path)))
     created = [p for p in reversed(path.parents) if not p.exists()]

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gridfield import memory
 from gridfield.analyses import common as ac
 from gridfield.errors import InputError
 from gridfield.gtk.engine import gtk
+from gridfield.training import check_options, finite
 
 
 @dataclass
@@ -55,8 +57,17 @@ def run(cfg: BoundMapConfig) -> dict:
 
 def _run(cfg: BoundMapConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
-    if cfg.seeds < 1 or cfg.resolution < 3:
-        raise InputError(f"need seeds >= 1 and resolution >= 3, got {cfg.seeds}, {cfg.resolution}")
+    ac.check_decoder(cfg.decoder)
+    check_options(("--seeds", cfg.seeds, cfg.seeds >= 1, ">= 1"),
+                  ("--resolution", cfg.resolution, cfg.resolution >= 3, ">= 3"),
+                  ("--ridge", cfg.ridge, finite(cfg.ridge) and cfg.ridge > 0, "finite and > 0"))
+    for option, p in (("--x1", cfg.x1), ("--x2", cfg.x2)):
+        if len(p) != 2 or not all(finite(v) and -1 <= v <= 1 for v in p):
+            raise InputError(f"{option} {tuple(p)} is not finite or lies outside the domain [-1, 1]^2; "
+                             "give a point in [-1, 1]^2")
+    # the Y square (float64 [R^2, 2]), the quadratic form and one map per model, figures
+    memory.guard(cfg.resolution**2 * 8 * (4 + 2 * len(cfg.models)), f"the {cfg.resolution} x {cfg.resolution} "
+                 "bound maps", f"--resolution {cfg.resolution}")
     pts = torch.tensor([cfg.x1, cfg.x2], dtype=torch.float64)
     v = np.linspace(-1, 1, cfg.resolution)
     ys = np.stack(np.meshgrid(v, v, indexing="xy"), -1).reshape(-1, 2)  # (Y1, Y2), Y1 along x

@@ -56,6 +56,7 @@ def build(name: str, dim: int, decoder: str = "linear", out_dim: int = 1, seed: 
 
 def lineup(names, dim: int, decoder: str = "linear", out_dim: int = 1, seed: int = 0) -> tuple[dict, list[str]]:
     """``({name: field}, skipped names)`` for the models that support ``dim``."""
+    check_decoder(decoder)
     fields, skipped = {}, []
     for n in names:
         f = build(n, dim, decoder, out_dim, seed)
@@ -111,6 +112,15 @@ def run_analysis(cfg: Any, body: Callable[[Any, Path], dict]) -> dict:
     with single_thread():
         write_dir_atomically(cfg.out, lambda d: result.update(body(cfg, d)))
     return result
+
+
+DECODERS = ("identity", "linear", "mlp")
+
+
+def check_decoder(decoder: str, option: str = "--decoder") -> None:
+    """Raise :class:`InputError` for a decoder name the analyses cannot build."""
+    if decoder not in DECODERS:
+        raise InputError(f"{option}: unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
 
 
 def check_models(models: tuple[str, ...]) -> None:

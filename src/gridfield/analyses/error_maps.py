@@ -11,8 +11,8 @@ import torch
 
 from gridfield.analyses import common as ac
 from gridfield.data.images import load_image
-from gridfield.errors import InputError
 from gridfield.tasks.image import fit_image, render_image
+from gridfield.training import check_options, finite
 
 
 @dataclass
@@ -60,8 +60,11 @@ def run(cfg: ErrorMapsConfig) -> dict:
 
 def _run(cfg: ErrorMapsConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
-    if cfg.steps < 1 or cfg.max_size < 8:
-        raise InputError(f"need steps >= 1 and max_size >= 8, got {cfg.steps}, {cfg.max_size}")
+    ac.check_decoder(cfg.decoder)
+    check_options(("--steps", cfg.steps, cfg.steps >= 1, ">= 1"),
+                  ("--max-size", cfg.max_size, cfg.max_size >= 8, ">= 8"),
+                  ("--lr-grid", cfg.lr_grid, finite(cfg.lr_grid) and cfg.lr_grid > 0, "finite and > 0"),
+                  ("--lr-other", cfg.lr_other, finite(cfg.lr_other) and cfg.lr_other > 0, "finite and > 0"))
     img = load_image(cfg.image, max_size=cfg.max_size)
     fits, skipped = fit_models(cfg, img)
     errs = {n: (p - img).abs().mean(-1).numpy() for n, (_, _, p) in fits.items()}

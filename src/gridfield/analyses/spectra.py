@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from gridfield.analyses import common as ac
-from gridfield.errors import InputError
 from gridfield.gtk.engine import gtk
 from gridfield.gtk.spectra import eigenspectrum, fourier_spectrum
+from gridfield.training import check_options
 
 
 @dataclass
@@ -48,8 +48,9 @@ def run(cfg: SpectraConfig) -> dict:
 
 def _run(cfg: SpectraConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
-    if cfg.n1d < 4 or cfg.side2d < 4 or cfg.side2d**2 > 4096:
-        raise InputError(f"need n1d >= 4 and 4 <= side2d <= 64, got n1d={cfg.n1d}, side2d={cfg.side2d}")
+    ac.check_decoder(cfg.decoder)
+    check_options(("--n1d", cfg.n1d, 4 <= cfg.n1d <= 4096, "in [4, 4096] (the 1D heat map is the dense n1d^2 GTK)"),
+                  ("--side2d", cfg.side2d, 4 <= cfg.side2d <= 64, "in [4, 64]"))
     payload: dict = {"config": {k: str(v) for k, v in vars(cfg).items()}, "normalization":
                      "G / (trace(G)/n): unit mean diagonal", "lattices": {}}
     figs = {}

@@ -18,13 +18,12 @@ import torch
 
 from gridfield.analyses import common as ac
 from gridfield.data.images import load_image, pixel_coords
-from gridfield.errors import InputError
 from gridfield.gtk.bound import bound
 from gridfield.gtk.drift import drift
 from gridfield.gtk.dynamics import frequency_energy, predict_dynamics
 from gridfield.gtk.engine import gtk
 from gridfield.tasks.image import fit_image, holdout_mask
-from gridfield.training import seed_everything
+from gridfield.training import check_options, seed_everything
 
 DRIFT_DECODERS = {"identity": ":", "linear": "-", "mlp": "--"}  # decoder -> line style of the drift plot
 
@@ -105,10 +104,11 @@ def run(cfg: TheoryConfig) -> dict:
 def _run(cfg: TheoryConfig, out: Path) -> dict:
     ac.check_models(cfg.models)
     ac.check_models(cfg.fit_models)
-    if cfg.side < 4 or cfg.side > 48 or min(cfg.gd_steps, cfg.adam_steps, cfg.drift_every, cfg.fit_steps) < 1:
-        raise InputError("need 4 <= side <= 48 and positive step counts")
-    if not 0 < cfg.holdout < 1:
-        raise InputError(f"holdout must be in (0, 1), got {cfg.holdout}")
+    check_options(("--side", cfg.side, 4 <= cfg.side <= 48, "in [4, 48]"),
+                  *((f"--{k.replace('_', '-')}", getattr(cfg, k), getattr(cfg, k) >= 1, ">= 1")
+                    for k in ("gd_steps", "adam_steps", "drift_every", "fit_steps")),
+                  ("--image-size", cfg.image_size, cfg.image_size >= 8, ">= 8"),
+                  ("--holdout", cfg.holdout, 0 < cfg.holdout < 1, "in (0, 1)"))
     shape = (cfg.side, cfg.side)
     x = ac.lattice(shape)
     y = target_signal(x)

@@ -63,7 +63,8 @@ def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8 text
-        raise InputError(f"{path}: cannot read JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{path}: cannot read JSON ({why})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
         raise InputError(f"{path}: expected an object with a non-empty 'frames' list"
                          + ("" if not isinstance(meta, dict) or "frames" in meta else " (no 'frames' key)"))
@@ -88,8 +89,8 @@ def _load_rgba(path: Path, background: tuple[float, float, float], where: str) -
         raw, full_scale = read_pixels(path)
         img = to_unit_float(raw, str(path), full_scale)
     except InputError as e:
-        text = str(e)
-        raise InputError(f"{where}: {text if text.startswith('cannot read') else f'cannot read image: {text}'}") from None
+        text = str(e) if str(e).startswith("cannot read") else f"cannot read image: {e}"
+        raise InputError(f"{where}: {text}") from None
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim == 3 and img.shape[-1] in (1, 2):  # gray (+ alpha)

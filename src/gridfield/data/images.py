@@ -355,7 +355,8 @@ def to_unit_float(arr: np.ndarray, src: str, full_scale: int | None = None) -> n
         if not np.isfinite(img).all():
             raise InputError(f"image {src!r} contains NaN or infinite values")
         if img.size and (img.min() < 0 or img.max() > 1):
-            warnings.warn(f"image {src!r} has values in [{img.min():.3g}, {img.max():.3g}]; clipped to [0, 1]")
+            warnings.warn(f"image {src!r} has values in [{img.min():.3g}, {img.max():.3g}]; clipped to [0, 1]",
+                          stacklevel=2)
             img = img.clip(0, 1)
         return img
     raise InputError(f"image {src!r} has unsupported pixel type {arr.dtype}")
@@ -378,8 +379,9 @@ def _to_hwc_float(arr: np.ndarray, src: str, full_scale: int | None = None) -> n
 
 
 def _downscale(img: np.ndarray, max_size: int, src: str) -> np.ndarray:
-    if max_size < MIN_SIZE:
-        raise InputError(f"max_size must be at least {MIN_SIZE}, got {max_size}")
+    whole = isinstance(max_size, (int, np.integer)) and not isinstance(max_size, bool)
+    if not whole or max_size < MIN_SIZE:
+        raise InputError(f"max_size must be a whole number of pixels, at least {MIN_SIZE}, got {max_size!r}")
     h, w = img.shape[:2]
     s = max_size / max(h, w)
     if s >= 1:

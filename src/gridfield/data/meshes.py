@@ -127,7 +127,8 @@ def load_mesh(source: str | os.PathLike):
     if not isinstance(obj, trimesh.Trimesh) or len(obj.vertices) == 0:
         raise InputError(f"{path} contains no mesh (empty file or unsupported content)")
     if len(obj.faces) == 0:
-        raise InputError(f"{path} has {len(obj.vertices)} vertices but no faces (a point cloud?); a triangle mesh is needed")
+        raise InputError(f"{path} has {len(obj.vertices)} vertices but no faces (a point cloud?); "
+                         "a triangle mesh is needed")
     check_mesh(obj, str(path))
     return obj, path.stem
 

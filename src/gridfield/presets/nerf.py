@@ -8,6 +8,8 @@ heads. These presets were not tuned beyond dense (docs/nerf.md).
 
 from __future__ import annotations
 
+import math
+
 from gridfield.errors import InputError
 from gridfield.models import grid_classes
 from gridfield.presets.specs import GridSpec, RadianceSpec
@@ -48,6 +50,12 @@ def model_spec(model: str, resolution: int = 128, appearance: str | None = None,
     """
     if model not in nerf_models():
         raise InputError(f"unknown model {model!r} for nerf; choose one of {', '.join(nerf_models())}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4:
+        raise InputError(f"resolution must be a whole number >= 4, got {resolution!r}")
+    if appearance not in (None, "sh", "mlp"):
+        raise InputError(f"unknown appearance {appearance!r}; choose sh or mlp")
+    if not (isinstance(aabb_scale, (int, float)) and math.isfinite(aabb_scale) and aabb_scale > 0):
+        raise InputError(f"aabb_scale must be a finite positive number, got {aabb_scale!r}")
     s = aabb_scale
     step = step if step is not None else 2 * s / max(8, resolution // 2) * 0.5
     app = appearance or "mlp"

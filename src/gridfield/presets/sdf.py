@@ -68,6 +68,8 @@ def sdf_field_spec(model: str, param_budget: int = 2_000_000, decoder: str | Non
     """The :class:`FieldSpec` (in_dim 3, out_dim 1) of ``model``'s SDF preset; ``decoder`` overrides its decoder."""
     if model not in sdf_models():
         raise InputError(f"unknown model {model!r} for sdf; choose one of {', '.join(sdf_models())}")
+    if decoder not in (None, "identity", "linear", "mlp"):
+        raise InputError(f"unknown decoder {decoder!r}; choose one of identity, linear, mlp")
     spec = SDF_PRESETS[model](param_budget)
     if decoder is not None:
         spec = replace(spec, decoder=decoder, decoder_kwargs=MLP if decoder == "mlp" else None)

@@ -20,7 +20,7 @@ from gridfield import checkpoints, memory, presets
 from gridfield.data.images import DEFAULT_IMAGE, load_image
 from gridfield.errors import InputError
 from gridfield.models import count_parameters
-from gridfield.outdir import write_file_atomically
+from gridfield.outdir import check_out_file, write_file_atomically
 from gridfield.report.figures import save_error_map, save_image, save_psnr_curve
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.image_fit import FitResult, fit_image, holdout_mask, render_image
@@ -157,6 +157,7 @@ def run_render(cfg: RenderConfig) -> dict:
         raise InputError(f"--out {str(cfg.out)!r} must end in .png, .jpg or .tif")
     if any(v is not None and v < 2 for v in (cfg.height, cfg.width)):
         raise InputError(f"--height/--width must be >= 2, got {cfg.height} x {cfg.width}")
+    check_out_file(cfg.out)
     H0, W0, C = read_checkpoint(cfg.checkpoint)["shape"]
     H = cfg.height or (max(2, round(cfg.width * H0 / W0)) if cfg.width else H0)
     W = cfg.width or (max(2, round(H * W0 / H0)) if cfg.height else W0)

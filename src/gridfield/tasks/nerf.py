@@ -10,7 +10,6 @@ GIF and a reloadable checkpoint.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,7 +28,7 @@ from gridfield.render.rays import orbit_poses
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.nerf_eval import SSIM_KIND, evaluate, evenly_spaced, load_nerf, orbit_camera, render_path
 from gridfield.tasks.nerf_train import NerfSchedule, step_size, train_nerf
-from gridfield.training import Nested, check_options, config_dict, seed_everything, train_defaults
+from gridfield.training import Nested, check_options, config_dict, finite, seed_everything, train_defaults
 
 __all__ = ["MakeSceneConfig", "NerfConfig", "evaluate", "load_nerf", "render_path", "run", "run_make_scene"]
 
@@ -78,15 +77,14 @@ class NerfConfig:
 
 
 def _check(cfg: NerfConfig) -> None:
-    fin = all(math.isfinite(v) for v in (cfg.tv_weight, cfg.step_ratio, cfg.aabb_scale))
     check_options(("--batch-rays", cfg.batch_rays, cfg.batch_rays >= 1, ">= 1"),
                   ("--resolution", cfg.resolution, cfg.resolution >= 4, ">= 4"),
                   ("--occ-resolution", cfg.occ_resolution, cfg.occ_resolution >= 1, ">= 1"),
                   ("--occ-every", cfg.occ_every, cfg.occ_every >= 1, ">= 1"),
                   ("--occ-start", cfg.occ_start, cfg.occ_start >= 0, ">= 0"),
-                  ("--step-ratio", cfg.step_ratio, fin and cfg.step_ratio > 0, "finite and > 0"),
-                  ("--aabb-scale", cfg.aabb_scale, fin and cfg.aabb_scale > 0, "finite and > 0"),
-                  ("--tv-weight", cfg.tv_weight, fin and cfg.tv_weight >= 0, "finite and >= 0"),
+                  ("--step-ratio", cfg.step_ratio, finite(cfg.step_ratio) and cfg.step_ratio > 0, "finite and > 0"),
+                  ("--aabb-scale", cfg.aabb_scale, finite(cfg.aabb_scale) and cfg.aabb_scale > 0, "finite and > 0"),
+                  ("--tv-weight", cfg.tv_weight, finite(cfg.tv_weight) and cfg.tv_weight >= 0, "finite and >= 0"),
                   ("--alpha-init", cfg.alpha_init, cfg.alpha_init is None or 0 < cfg.alpha_init < 1, "in (0, 1)"),
                   ("--downscale", cfg.downscale, cfg.downscale >= 1, ">= 1"),
                   ("--test-views", cfg.test_views, cfg.test_views is None or cfg.test_views >= 1, ">= 1 (or None)"),
@@ -199,6 +197,12 @@ def run_make_scene(cfg: MakeSceneConfig) -> Path:
     the memory of one view and ``--out`` are checked by :func:`make_scene` before the mesh is loaded)."""
     from gridfield.data.scene_maker import make_scene  # deferred: needs the optional mesh extra
 
+    check_options(("--views", cfg.views, cfg.views >= 1, ">= 1"),
+                  ("--test-views", cfg.test_views, cfg.test_views >= 1, ">= 1"),
+                  ("--size", cfg.size, cfg.size >= 4, ">= 4"),
+                  ("--supersample", cfg.supersample, cfg.supersample >= 1, ">= 1"),
+                  ("--distance", cfg.distance, finite(cfg.distance) and cfg.distance > 1.0,
+                   "finite and > 1 (the mesh is normalised to radius 1)"))
     out = make_scene(cfg.mesh, cfg.out, cfg.views, cfg.test_views, cfg.size, cfg.distance, 1.0, cfg.supersample,
                      cfg.upper)
     print(f"wrote {cfg.views} train and {cfg.test_views} test views of {cfg.mesh} to {out}")

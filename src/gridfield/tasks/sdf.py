@@ -25,7 +25,7 @@ from gridfield.errors import InputError
 from gridfield.models import count_parameters
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.sdf_fit import SDFTask, eikonal_loss, fit_sdf, predict, sdf_loss, set_output_bias, tensor_sampler
-from gridfield.training import Nested, check_options, config_dict, seed_everything, train, train_defaults
+from gridfield.training import Nested, check_options, config_dict, finite, seed_everything, train, train_defaults
 
 __all__ = ["SDFConfig", "SDFTask", "eikonal_loss", "fit_sdf", "load_sdf_checkpoint", "predict", "run", "sdf_loss",
            "set_output_bias", "tensor_sampler"]
@@ -93,12 +93,11 @@ class SDFConfig:
 
 
 def _check(cfg: SDFConfig) -> None:
-    fin = all(math.isfinite(v) for v in (cfg.eikonal, cfg.sigma, *cfg.ratio))
     check_options(("--batch-size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
                   ("--samples", cfg.samples, cfg.samples >= 1000, ">= 1000"),
-                  ("--eikonal", cfg.eikonal, fin and cfg.eikonal >= 0, "finite and >= 0"),
-                  ("--sigma", cfg.sigma, fin and cfg.sigma > 0, "finite and > 0"),
-                  ("--ratio", cfg.ratio, fin and min(cfg.ratio) >= 0 and sum(cfg.ratio) > 0,
+                  ("--eikonal", cfg.eikonal, finite(cfg.eikonal) and cfg.eikonal >= 0, "finite and >= 0"),
+                  ("--sigma", cfg.sigma, finite(cfg.sigma) and cfg.sigma > 0, "finite and > 0"),
+                  ("--ratio", cfg.ratio, all(map(finite, cfg.ratio)) and min(cfg.ratio) >= 0 and sum(cfg.ratio) > 0,
                    "finite, >= 0 and not all 0"),
                   ("--iou-resolution", cfg.iou_resolution, cfg.iou_resolution >= 8, ">= 8"),
                   ("--mesh-resolution", cfg.mesh_resolution, cfg.mesh_resolution >= 8, ">= 8"),
@@ -108,6 +107,8 @@ def _check(cfg: SDFConfig) -> None:
                   ("--param-budget", cfg.param_budget, cfg.param_budget >= 1000, ">= 1000"))
     if cfg.model not in presets.models("sdf"):
         raise InputError(f"unknown model {cfg.model!r} for sdf; choose one of {', '.join(presets.models('sdf'))}")
+    memory.guard(memory.estimate_sample_bytes(cfg.samples), f"the pool of {cfg.samples:,} training samples",
+                 f"--samples {cfg.samples}")
     for option, res in (("--iou-resolution", cfg.iou_resolution), ("--mesh-resolution", cfg.mesh_resolution)):
         memory.guard(memory.estimate_lattice_bytes(res), f"the {res}^3 evaluation lattice", f"{option} {res}")
 

@@ -7,6 +7,7 @@ from gridfield.training.config import (
            check_options,
            check_train_config,
            config_dict,
+           finite,
            train_defaults,
 )
 from gridfield.training.hooks import Hook, call_hooks
@@ -16,5 +17,6 @@ from gridfield.training.runtime import make_optimizer, resolve_device, seed_ever
 from gridfield.training.schedule import cosine, exponential, progress
 
 __all__ = ["DivergedError", "Hook", "Nested", "TrainConfig", "TrainResult", "TrainTask", "call_hooks",
-           "check_options", "check_train_config", "config_dict", "cosine", "exponential", "make_optimizer",
-           "progress", "resolve_device", "seed_everything", "state_path_for", "train", "train_defaults"]
+           "check_options", "check_train_config", "config_dict", "cosine", "exponential", "finite",
+           "make_optimizer", "progress", "resolve_device", "seed_everything", "state_path_for", "train",
+           "train_defaults"]

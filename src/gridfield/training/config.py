@@ -64,6 +64,7 @@ def check_train_config(cfg: TrainConfig) -> None:
         ("--lr-grid", cfg.lr_grid, cfg.lr_grid is None or 0 < cfg.lr_grid < math.inf, "> 0"),
         ("--lr-other", cfg.lr_other, cfg.lr_other is None or 0 < cfg.lr_other < math.inf, "> 0"),
         ("--checkpoint-every", cfg.checkpoint_every, cfg.checkpoint_every >= 0, ">= 0"),
+        ("--seed", cfg.seed, 0 <= cfg.seed < 2**63, "in [0, 2^63)"),
     ]
     for name, value, ok, need in checks:
         if not ok:

@@ -21,6 +21,8 @@ def resolve_device(name: str) -> torch.device:
         torch.empty(0, device=dev)
     except (RuntimeError, AssertionError) as e:
         raise InputError(f"device {name!r} is not usable: {str(e).splitlines()[0]}") from None
+    if dev.type == "meta":
+        raise InputError(f"device {name!r} is not usable: the meta device holds no data; use cpu or cuda")
     return dev
 
 
