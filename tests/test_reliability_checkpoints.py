@@ -81,7 +81,8 @@ def test_entries_of_the_wrong_type_are_named(saved, key, value, message):
 
 @pytest.mark.parametrize("spec, message", [
     ("dense", r"its spec does not describe a model gridfield can build \(TypeError: string indices"),
-    ({k: v for k, v in SPEC.items() if k != "grid_kwargs"}, r"its spec does not describe .*\(KeyError: 'grid_kwargs'\)"),
+    ({k: v for k, v in SPEC.items() if k != "grid_kwargs"},
+     r"its spec does not describe .*\(KeyError: 'grid_kwargs'\)"),
     ({**SPEC, "model": "nope"}, r"its spec .*unknown model 'nope'"),
     ({**SPEC, "grid_kwargs": {"resolutions": "x"}}, r"its spec does not describe a model gridfield can build"),
 ])
@@ -98,7 +99,8 @@ def test_weights_that_do_not_match_the_spec_are_named(saved):
     cases = [
         ({k: v for k, v in state.items() if k != table}, rf"\(missing {table}\)"),
         ({**state, "extra.weight": torch.zeros(2)}, r"\(unexpected extra\.weight\)"),
-        ({**state, table: torch.zeros(7, 2)}, rf"\(shape of {table} \[7, 2\] in the file, \[{state[table].shape[0]}, 2\] "
+        ({**state, table: torch.zeros(7, 2)},
+         rf"\(shape of {table} \[7, 2\] in the file, \[{state[table].shape[0]}, 2\] "
                                               r"for its spec\)"),
         ({**state, table: [1.0, 2.0]}, rf"weight '{table}' is a list, not a tensor"),
         ([1, 2], r"its weights are a list, expected a dict of tensors"),
@@ -135,7 +137,8 @@ def test_a_spec_needing_80_gb_is_refused_without_allocating(saved, machine_of_24
     before, t0 = _rss(), time.perf_counter()
     with pytest.raises(InputError, match=r"^checkpoint '.*ck\.pt' would need 80\.0 GB for the model its spec describes "
                                          r"\(largest tensor grid\.features \[9993948264, 2\]\); this machine has "
-                                         r"24\.0 GB available; the file is damaged, or was written on a larger machine$"):
+                                         r"24\.0 GB available; the file is damaged, "
+                                         r"or was written on a larger machine$"):
         build_checked(path, huge, ck["state_dict"], build)
     assert time.perf_counter() - t0 < 10 and _rss() - before < 1e9
 

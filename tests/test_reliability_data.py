@@ -87,7 +87,8 @@ SCENE_CASES = [
     ("flx-zero", {"fl_x": 0}, None, r"'fl_x' must be a positive focal length in pixels, got 0"),
     ("flx-string", {"fl_x": "a"}, None, r"'fl_x' must be a finite number \(a focal length in pixels\), got 'a'"),
     ("fly-negative", {"fl_x": 5.0, "fl_y": -5.0}, None, r"'fl_y' must be a positive focal length in pixels, got -5\.0"),
-    ("cx-outside", {"fl_x": 5.0, "w": 4, "h": 6, "cx": 40.0}, None, r"'cx' = 40\.0 lies outside the image \(0 to 4 pixels\)"),
+    ("cx-outside", {"fl_x": 5.0, "w": 4, "h": 6, "cx": 40.0}, None,
+     r"'cx' = 40\.0 lies outside the image \(0 to 4 pixels\)"),
     ("no-frames", {"frames": _DROP}, None, r"expected an object with a non-empty 'frames' list \(no 'frames' key\)"),
     ("empty-frames", {"frames": []}, None, r"expected an object with a non-empty 'frames' list"),
     ("pose-zero", None, _in_frame(1, "transform_matrix", np.zeros((4, 4)).tolist()),
@@ -105,13 +106,15 @@ SCENE_CASES = [
      r"frame 1 \(\./train/r_1\): 'transform_matrix' must be a finite 4x4 matrix, got shape \(3, 4\)"),
     ("pose-strings", None, _in_frame(1, "transform_matrix", [["a"] * 4] * 4),
      r"frame 1 \(\./train/r_1\): 'transform_matrix' must be a 4x4 list of numbers"),
-    ("pose-missing", None, _in_frame(1, "transform_matrix", _DROP), r"frame 1 \(\./train/r_1\): missing 'transform_matrix'"),
+    ("pose-missing", None, _in_frame(1, "transform_matrix", _DROP),
+     r"frame 1 \(\./train/r_1\): missing 'transform_matrix'"),
     ("file-path-number", None, _in_frame(0, "file_path", 5), r"frame 0: 'file_path' must be a non-empty string, got 5"),
     ("file-path-missing", None, _in_frame(1, "file_path", _DROP), r"frame 1: missing 'file_path'"),
 ]
 
 
-@pytest.mark.parametrize("meta_extra, frame_edit, message", [c[1:] for c in SCENE_CASES], ids=[c[0] for c in SCENE_CASES])
+@pytest.mark.parametrize("meta_extra, frame_edit, message", [c[1:] for c in SCENE_CASES],
+                         ids=[c[0] for c in SCENE_CASES])
 def test_malformed_scene_is_refused_naming_file_frame_and_key(tmp_path, meta_extra, frame_edit, message):
     path = _scene(tmp_path, meta_extra=meta_extra, frame_edit=frame_edit)
     with pytest.raises(InputError, match=message) as err:
@@ -130,7 +133,8 @@ def test_poses_and_intrinsics_are_checked_before_any_image_is_read(tmp_path):
 def test_valid_but_unusual_scenes_still_load(tmp_path):
     noisy = np.eye(4)
     noisy[:3, :3] = _ROT + 1e-5 * RNG.standard_normal((3, 3))  # JSON round-off, far inside the tolerance
-    _scene(tmp_path, meta_extra={"fl_x": 5.0, "w": 4.0, "h": 6}, frame_edit=_in_frame(1, "transform_matrix", noisy.tolist()))
+    _scene(tmp_path, meta_extra={"fl_x": 5.0, "w": 4.0, "h": 6},
+           frame_edit=_in_frame(1, "transform_matrix", noisy.tolist()))
     s = load_blender(tmp_path)
     assert s.K.fx == 5.0 and (s.K.width, s.K.height) == (4, 6)
     np.testing.assert_allclose(s.c2w[1].numpy(), noisy, atol=1e-6)
@@ -288,10 +292,12 @@ def test_tiff_layouts_match_pillow_and_the_samples(tmp_path):
     assert np.abs(got - pil).max() <= 1 / 255 + 1e-6
     planes = RNG.integers(0, 256, (3, 10, 12), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "s.tif", planes, planarconfig="separate", photometric="rgb")
-    np.testing.assert_allclose(load_image(str(tmp_path / "s.tif")).numpy(), np.moveaxis(planes, 0, -1) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(load_image(str(tmp_path / "s.tif")).numpy(), np.moveaxis(planes, 0, -1) / 255.0,
+                               atol=1e-6)
     ga = RNG.integers(0, 65536, (10, 12, 2), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "ga.tif", ga, photometric="minisblack", extrasamples=["unassalpha"])
-    np.testing.assert_allclose(load_image(str(tmp_path / "ga.tif")).numpy(), _gray_alpha_to_rgba(ga / 65535.0), atol=1e-6)
+    np.testing.assert_allclose(load_image(str(tmp_path / "ga.tif")).numpy(), _gray_alpha_to_rgba(ga / 65535.0),
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
@@ -322,7 +328,8 @@ def test_binary_pgm_scales_by_its_maxval(tmp_path):
 
 def test_image_larger_than_memory_is_refused_from_its_header(tmp_path, monkeypatch):
     # a PNG header announcing 100000 x 100000 RGB pixels, with no pixel data: nothing is decoded
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 100000, 100000, 16, 2, 0, 0, 0)
+    head = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR"
+            + struct.pack(">IIBBBBB", 100000, 100000, 16, 2, 0, 0, 0))
     (tmp_path / "huge.png").write_bytes(head + b"\0" * 4)
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 21_300_000_000)
     with pytest.raises(InputError, match=r"^image '.*huge\.png' would need 4\d\d\.\d GB for decoding it "

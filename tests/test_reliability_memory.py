@@ -148,7 +148,8 @@ def test_meta_module_sizes_an_80_gb_grid_without_allocating():
     from gridfield.models import build_field
 
     before = _rss()
-    dense = memory.meta_module(lambda: build_field("dense", 3, 3, "linear", None, resolutions=[2154], features_per_level=2))
+    dense = memory.meta_module(
+        lambda: build_field("dense", 3, 3, "linear", None, resolutions=[2154], features_per_level=2))
     hashed = memory.meta_module(lambda: build_field("hash", 3, 3, "linear", None, n_levels=16, features_per_level=2,
                                                      log2_hashmap_size=31, base_resolution=16))
     assert memory.module_bytes(dense) == 2154**3 * 2 * 4 + 2 * 3 * 4 + 3 * 4  # table + linear decoder
@@ -159,8 +160,8 @@ def test_meta_module_sizes_an_80_gb_grid_without_allocating():
 
 
 def test_allocation_guard_refuses_before_allocating():
-    with pytest.raises(InputError, match=r"^the checkpoint would need more than 80\.0 GB for the model; this machine has "
-                                         r"1\.0 GB available; shrink it$"):
+    with pytest.raises(InputError, match=r"^the checkpoint would need more than 80\.0 GB for the model; "
+                                         r"this machine has 1\.0 GB available; shrink it$"):
         with memory.allocation_guard("the model", "the checkpoint", "shrink it", limit=1e9):
             torch.empty(20_000_000_000)
     with memory.allocation_guard("the model", "the checkpoint", limit=1e9):
