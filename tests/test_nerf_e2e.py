@@ -43,8 +43,11 @@ def test_reaches_stated_psnr_and_writes_outputs(trained):
     saved = json.loads((cfg.train.out / "metrics.json").read_text())
     for key in ("psnr", "ssim", "train_seconds", "params", "n_test_views", "rays_per_second"):
         assert key in saved
-    for name in ("test_000.png", "depth_002.png", "turntable.gif", "checkpoint.pt"):
+    for name in ("test_000.png", "depth_002.png", "error_001.png", "turntable.gif", "checkpoint.pt"):
         assert (cfg.train.out / name).is_file(), name
+    history = json.loads((cfg.train.out / "history.json").read_text())
+    assert [h["step"] for h in history] == [0, 100, 200, 300]
+    assert history[-1]["train_psnr"] > history[1]["train_psnr"]  # the running training PSNR improves
 
 
 def test_checkpoint_reload_renders_the_same_view(trained):

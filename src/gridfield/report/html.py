@@ -134,7 +134,8 @@ def runs_html(runs: list[Run]) -> str:
     png = curves_png(runs)
     parts.append("<h2>Training curves</h2>")
     if png is None:
-        parts.append('<p class="meta">No run has a training history (history.json); NeRF runs record none.</p>')
+        parts.append('<p class="meta">No run has a training history (history.json): '
+                     'runs written before gridfield recorded one.</p>')
     else:
         parts.append(f'<figure class="curves"><img src="{data_url(png, "image/png")}" alt="training curves"></figure>')
         missing = [r.name for r in runs if not r.history]

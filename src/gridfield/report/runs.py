@@ -24,7 +24,8 @@ TASKS = ("image", "sdf", "nerf")
 PICTURES = {
     "image": (("reconstruction.png", "reconstruction"), ("error_map.png", "error map")),
     "sdf": (("preview.png", "extracted mesh"), ("sdf_slices.png", "SDF slices")),
-    "nerf": (("test_000.png", "test view 0"), ("depth_000.png", "depth, test view 0")),
+    "nerf": (("test_000.png", "test view 0"), ("error_000.png", "error, test view 0"),
+             ("depth_000.png", "depth, test view 0")),
 }
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "image/png", b"GIF87a": "image/gif", b"GIF89a": "image/gif"}
 

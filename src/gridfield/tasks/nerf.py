@@ -159,10 +159,11 @@ def run(cfg: NerfConfig) -> dict:
             "eval_rays_per_second": ev["eval_rays_per_second"], "model": cfg.model,
             "appearance": spec.field["appearance"], "final_resolution": spec.resolution,
             "device": str(dev), "threads": torch.get_num_threads(), "world_size": ctx.dist.world,
-            **{k: v for k, v in stats.items() if k not in ("train_seconds", "rays_per_second")},
+            **{k: v for k, v in stats.items() if k not in ("train_seconds", "rays_per_second", "history")},
             "psnr_per_view": ev["psnr_per_view"], "ssim_per_view": ev["ssim_per_view"], "spec": spec.to_dict(),
             "config": config, **run_record("nerf", dev)})
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (d / "history.json").write_text(json.dumps(stats["history"], indent=1) + "\n")
 
     finish_run(ctx, write)
     print(f"test PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} over {len(keep)} views; "

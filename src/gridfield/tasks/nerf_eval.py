@@ -49,9 +49,18 @@ def evaluate(field: RadianceField, occ: OccupancyGrid, test: BlenderSplit, setti
             outputs.save_png(out / f"test_{i:03d}.png", pred)
             outputs.save_png(out / f"depth_{i:03d}.png",
                              outputs.depth_image(r["depth"], r["opacity"], test.near, test.far))
+            outputs.save_png(out / f"error_{i:03d}.png", error_image(pred, gt))
     n_rays = test.images.shape[0] * test.K.width * test.K.height
     return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims), "psnr_per_view": psnrs,
             "ssim_per_view": ssims, "eval_seconds": seconds, "eval_rays_per_second": n_rays / max(seconds, 1e-9)}
+
+
+def error_image(pred: torch.Tensor, gt: torch.Tensor, vmax: float = 0.25) -> torch.Tensor:
+    """``[H, W, 3]`` colour map (inferno) of the mean absolute RGB error, saturating at ``vmax``."""
+    from matplotlib import colormaps  # deferred: matplotlib is slow to import
+
+    err = ((pred - gt).abs().mean(-1) / vmax).clamp(0, 1).numpy()
+    return torch.from_numpy(colormaps["inferno"](err)[..., :3]).float()
 
 
 def orbit_camera(c2w: torch.Tensor) -> dict:

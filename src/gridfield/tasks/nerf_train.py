@@ -54,6 +54,7 @@ class NerfTask(TrainTask):
     """Radiance-field training on the rays of ``data`` (``batch_rays`` per rank)."""
 
     schedule = staticmethod(exponential(0.1))
+    eval_every = 100  # history rows: the running training PSNR (no extra rendering)
 
     def __init__(self, field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spec: RadianceSpec,
                  settings: RenderSettings, opts: NerfSchedule):
@@ -98,6 +99,10 @@ class NerfTask(TrainTask):
         tv = self.opts.tv_weight
         return (mse + tv * total_variation(self.module.density_grid) if tv > 0 else mse), {"mse": self.last_mse}
 
+    def evaluate(self, step: int) -> dict[str, Any]:
+        mse = float(self.last_mse)
+        return {"train_psnr": -10 * math.log10(max(mse, 1e-10))} if math.isfinite(mse) else {}
+
     def postfix(self, loss: float, logs: dict) -> dict[str, str]:
         mse = float(logs["mse"])
         return {"loss": f"{mse:.4f}", "psnr": f"{-10 * math.log10(max(mse, 1e-10)):.2f}",
@@ -131,7 +136,8 @@ def train_nerf(field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spe
     mse = float(task.last_mse)
     stats = {"steps": res.steps, "train_seconds": res.seconds, "rays_per_second": rays / max(res.seconds, 1e-9),
              "samples_per_ray": int(task.samples) / max(rays, 1), "final_loss": mse,
-             "final_train_psnr": -10 * math.log10(max(mse, 1e-10)), "resumed_from": res.resumed_from}
+             "final_train_psnr": -10 * math.log10(max(mse, 1e-10)), "resumed_from": res.resumed_from,
+             "history": res.history}
     return task.spec, task.settings, stats
 
 
