@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,27 +17,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def machine() -> dict:
-    """Where and when the numbers were measured."""
-    import torch
+    """Where and when the numbers were measured (:func:`gridfield.machine.describe` plus the date)."""
+    from gridfield.machine import describe
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {
-        "date": _dt.date.today().isoformat(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": dev,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    return {"date": _dt.date.today().isoformat(), **describe()}
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:

@@ -22,7 +22,7 @@ ROOT = "gridfield"
 
 #: Lowest first. ``""`` is the root package ``gridfield/__init__.py`` (it re-exports ``Grid``, ``Support``).
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "outdir", "threads", "memory"),
+    ("errors", "outdir", "threads", "memory", "machine"),
     ("functional",),
     ("fast",),
     ("grids", ""),
@@ -217,7 +217,8 @@ def test_the_checker_sees_what_it_should(tmp_path):
     layers, deferred = check(files, tmp_path)
     assert sorted(layers) == sorted([
         "gridfield.grids.dense imports gridfield.models (layer grids/gridfield -> higher layer models)",
-        "gridfield.errors imports gridfield.grids (layer errors/outdir/threads/memory -> higher layer grids/gridfield)",
+        "gridfield.errors imports gridfield.grids "
+        "(layer errors/outdir/threads/memory/machine -> higher layer grids/gridfield)",
         "gridfield.gtk imports gridfield.models (gtk may import only errors, fast, fields, functional, grids, memory)",
         "gridfield.data.meshes imports gridfield.report.figures (peers in layer "
         "checkpoints/gtk/render/data/metrics/metrics_sdf/report: data may import render)",

@@ -94,8 +94,6 @@ def check_out_dir(out: Path | str, option: str = "--out") -> Path:
     if path.is_symlink() and not path.exists():
         raise InputError(f"{option} {str(out)!r} is a broken symbolic link; remove it or name a new folder")
     ancestor = _existing_ancestor(path, f"{option} {str(out)!r}")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {str(out)!r} cannot be created: {str(ancestor)!r} is not writable")
     if not path.is_dir():
         _probe_writable(ancestor, f"{option} {str(out)!r}", "created")
     if path.is_dir():
@@ -110,8 +108,6 @@ def check_out_dir(out: Path | str, option: str = "--out") -> Path:
                 shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
                 raise InputError(f"{option} {str(out)!r} is a previous gridfield output with files added since "
                                  f"({shown}); move them or choose a new folder")
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise InputError(f"{option} {str(out)!r} cannot be replaced: {str(path.parent)!r} is not writable")
         _probe_writable(path.parent, f"{option} {str(out)!r}", "replaced")
     return path
 
@@ -145,11 +141,16 @@ def write_dir_atomically(out: Path | str, write: Callable[[Path], None], option:
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        for p in reversed(created):
-            if p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
+        _remove_empty(created)
         raise
     return out
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders a failed write created (deepest first), where they are still empty."""
+    for p in reversed(created):
+        if p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
 
 
 def check_out_file(path: Path | str, option: str = "--out") -> Path:
@@ -166,16 +167,13 @@ def check_out_file(path: Path | str, option: str = "--out") -> Path:
     return path
 
 
-def write_file_atomically(path: Path | str, write: Callable[[Path], None]) -> Path:
+def write_file_atomically(path: Path | str, write: Callable[[Path], None], option: str = "file") -> Path:
     """Call ``write(tmp)`` on a temporary file name beside ``path`` (same suffix), then rename it.
 
-    An existing ``path`` is replaced only when it is a regular file; a folder or a missing parent
-    that is a file raises :class:`InputError`. On any error ``path`` is left as it was.
+    ``path`` is checked with :func:`check_out_file` (``option`` names it in errors). On any error ``path``
+    is left as it was.
     """
-    path = Path(os.path.abspath(Path(path).expanduser()))
-    if (path.exists() and not path.is_file()) or (path.is_symlink() and not path.exists()):
-        raise InputError(f"{str(path)!r} exists and is not a regular file")
-    _existing_ancestor(path, repr(str(path)))
+    path = check_out_file(path, option)
     created = [p for p in reversed(path.parents) if not p.exists()]
     fd, name = None, None
     try:
@@ -188,8 +186,6 @@ def write_file_atomically(path: Path | str, write: Callable[[Path], None]) -> Pa
     except BaseException:
         if name is not None:
             Path(name).unlink(missing_ok=True)
-        for p in reversed(created):
-            if p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
+        _remove_empty(created)
         raise
     return path

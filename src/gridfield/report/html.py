@@ -193,6 +193,6 @@ def run(cfg: ReportConfig) -> Path:
         raise InputError(f"--out {str(cfg.out)!r} is a folder; name the .html file to write")
     runs, benches = read_inputs(list(cfg.inputs))
     text = page(runs, benches, cfg.title)
-    out = write_file_atomically(cfg.out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    out = write_file_atomically(cfg.out, lambda tmp: tmp.write_text(text, encoding="utf-8"), "--out")
     print(f"report of {len(runs)} run(s) and {len(benches)} benchmark file(s) -> {out}")
     return out

@@ -5,8 +5,6 @@ the resumable state the run no longer needs."""
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gridfield import machine
 from gridfield.errors import InputError
 from gridfield.outdir import check_out_dir, write_dir_atomically
 from gridfield.training import TrainConfig, check_train_config, distributed, resolve_device, state_path_for
@@ -54,21 +53,11 @@ def finish_run(ctx: RunContext, write: Callable[[Path], None]) -> None:
 
 
 def run_record(task: str, device: torch.device | str) -> dict:
-    """What ``metrics.json`` says about a run besides its numbers: the ``task``, the ``machine`` (CPU,
-    cores, torch threads, device, torch and Python versions) and the ``date`` (local time, ISO 8601);
-    ``gridfield report`` shows them."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    """What ``metrics.json`` says about a run besides its numbers: the ``task``, the ``machine``
+    (:func:`gridfield.machine.describe`) and the ``date`` (local time, ISO 8601); ``gridfield report``
+    shows them."""
     return {"task": task, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": name,
-                        "torch": torch.__version__, "python": platform.python_version(),
-                        "system": f"{platform.system()} {platform.release()}"}}
+            "machine": machine.describe(device)}
 
 
 def apply_backend(module: nn.Module, backend: str) -> nn.Module:

@@ -24,7 +24,7 @@ from gridfield.outdir import check_out_file, write_file_atomically
 from gridfield.report.figures import save_error_map, save_image, save_psnr_curve
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.image_fit import FitResult, fit_image, holdout_mask, render_image
-from gridfield.training import Nested, check_options, config_dict, seed_everything, train_defaults
+from gridfield.training import Nested, check_options, config_dict, resume_key, seed_everything, train_defaults
 
 __all__ = ["FitResult", "ImageConfig", "RenderConfig", "fit_image", "holdout_mask", "load_checkpoint",
            "read_checkpoint", "render_image", "run", "run_render", "save_checkpoint"]
@@ -103,8 +103,7 @@ def run(cfg: ImageConfig) -> dict:
     lr_grid, lr_other = presets.image_lr(cfg.model)
     lr_grid, lr_other = t.lr_grid or lr_grid, t.lr_other or lr_other
     config = config_dict(cfg)
-    key = {k: v for k, v in config.items() if k != "train"} | {
-        k: config["train"][k] for k in ("steps", "time_budget", "lr_grid", "lr_other", "seed")}
+    key = resume_key(config)
     res = fit_image(field, img, batch_size=cfg.batch_size, lr_grid=lr_grid, lr_other=lr_other, holdout=cfg.holdout,
                     holdout_pattern=cfg.holdout_pattern, eval_every=cfg.eval_every, train_cfg=t,
                     state_path=ctx.state, resume_key=key)
@@ -164,6 +163,6 @@ def run_render(cfg: RenderConfig) -> dict:
     memory.guard(memory.estimate_render_bytes(H, W, C), f"the render ({H} x {W} x {C})",
                  f"--height {H} --width {W}")
     img = render_image(load_checkpoint(cfg.checkpoint), H, W)
-    write_file_atomically(cfg.out, lambda tmp: save_image(tmp, img))
+    write_file_atomically(cfg.out, lambda tmp: save_image(tmp, img), "--out")
     print(f"rendered {H}x{W} -> {cfg.out}")
     return {"height": H, "width": W, "out": str(cfg.out)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Literal
@@ -161,7 +161,6 @@ def fit_image(
     if not torch.isfinite(image).all():
         raise ValueError("fit_image: the image contains NaN or infinite values")
     cfg = train_cfg or TrainConfig(steps=steps, seed=seed, progress=progress, checkpoint_every=0)
-    cfg = replace(cfg, checkpoint_every=cfg.checkpoint_every if state_path is not None else 0)
     H, W, C = image.shape
     test = holdout_mask(H, W, holdout, holdout_pattern, torch.Generator().manual_seed(cfg.seed))
     task = ImageTask(field, image, batch_size, test, eval_every)

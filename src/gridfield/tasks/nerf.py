@@ -28,7 +28,7 @@ from gridfield.render.rays import orbit_poses
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.nerf_eval import SSIM_KIND, evaluate, evenly_spaced, load_nerf, orbit_camera, render_path
 from gridfield.tasks.nerf_train import NerfSchedule, step_size, train_nerf
-from gridfield.training import Nested, check_options, config_dict, finite, seed_everything, train_defaults
+from gridfield.training import Nested, check_options, config_dict, finite, resume_key, seed_everything, train_defaults
 
 __all__ = ["MakeSceneConfig", "NerfConfig", "evaluate", "load_nerf", "render_path", "run", "run_make_scene"]
 
@@ -132,8 +132,7 @@ def run(cfg: NerfConfig) -> dict:
     settings = RenderSettings(train.near, train.far, step_size(field, spec, cfg.step_ratio), bg, backend=t.backend)
     opts = NerfSchedule(cfg.batch_rays, cfg.tv_weight, cfg.step_ratio, cfg.occ_every, cfg.occ_start, cfg.resolution)
     config = config_dict(cfg)
-    key = {k: v for k, v in config.items() if k not in ("train", "test_views", "save_renders", "turntable_frames")}
-    key |= {k: config["train"][k] for k in ("steps", "time_budget", "lr_grid", "lr_other", "seed")}
+    key = resume_key(config, ignore=("test_views", "save_renders", "turntable_frames"))
     spec, settings, stats = train_nerf(field, occ, train, spec, t, opts, settings, state_path=ctx.state,
                                        resume_key=key)
     if not ctx.dist.is_main:

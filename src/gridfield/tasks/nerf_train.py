@@ -17,6 +17,7 @@ import torch
 
 from gridfield.data.blender import BlenderSplit
 from gridfield.fields.radiance import RadianceField, dense_resolution, refit_dense, total_variation
+from gridfield.metrics import psnr_from_mse
 from gridfield.presets.specs import RadianceSpec
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings, render_rays
@@ -101,11 +102,11 @@ class NerfTask(TrainTask):
 
     def evaluate(self, step: int) -> dict[str, Any]:
         mse = float(self.last_mse)
-        return {"train_psnr": -10 * math.log10(max(mse, 1e-10))} if math.isfinite(mse) else {}
+        return {"train_psnr": psnr_from_mse(max(mse, 1e-10))} if math.isfinite(mse) else {}
 
     def postfix(self, loss: float, logs: dict) -> dict[str, str]:
         mse = float(logs["mse"])
-        return {"loss": f"{mse:.4f}", "psnr": f"{-10 * math.log10(max(mse, 1e-10)):.2f}",
+        return {"loss": f"{mse:.4f}", "psnr": f"{psnr_from_mse(max(mse, 1e-10)):.2f}",
                 "occ": f"{self.occ.occupied_fraction():.3f}"}
 
     def state_dict(self) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def train_nerf(field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spe
     mse = float(task.last_mse)
     stats = {"steps": res.steps, "train_seconds": res.seconds, "rays_per_second": rays / max(res.seconds, 1e-9),
              "samples_per_ray": int(task.samples) / max(rays, 1), "final_loss": mse,
-             "final_train_psnr": -10 * math.log10(max(mse, 1e-10)), "resumed_from": res.resumed_from,
+             "final_train_psnr": psnr_from_mse(max(mse, 1e-10)), "resumed_from": res.resumed_from,
              "history": res.history}
     return task.spec, task.settings, stats
 

@@ -25,7 +25,16 @@ from gridfield.errors import InputError
 from gridfield.models import count_parameters
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.sdf_fit import SDFTask, eikonal_loss, fit_sdf, predict, sdf_loss, set_output_bias, tensor_sampler
-from gridfield.training import Nested, check_options, config_dict, finite, seed_everything, train, train_defaults
+from gridfield.training import (
+    Nested,
+    check_options,
+    config_dict,
+    finite,
+    resume_key,
+    seed_everything,
+    train,
+    train_defaults,
+)
 
 __all__ = ["SDFConfig", "SDFTask", "eikonal_loss", "fit_sdf", "load_sdf_checkpoint", "predict", "run", "sdf_loss",
            "set_output_bias", "tensor_sampler"]
@@ -144,8 +153,7 @@ def run(cfg: SDFConfig) -> dict:
     sampler = tensor_sampler(torch.from_numpy(pts).to(dev), torch.from_numpy(sdf).to(dev))
     val = (torch.from_numpy(gt["val_points"]).to(dev), torch.from_numpy(gt["val_inside"]).to(dev))
     config = config_dict(cfg)
-    key = {k: v for k, v in config.items() if k != "train"} | {
-        k: config["train"][k] for k in ("steps", "time_budget", "lr_grid", "lr_other", "seed")}
+    key = resume_key(config)
     task = SDFTask(field, sampler, cfg.batch_size, cfg.loss, cfg.eikonal, val, cfg.eval_every)
     res = train(task, t, t.lr_grid, t.lr_other, state_path=ctx.state, resume_key=key)
     if not ctx.dist.is_main:

@@ -2,13 +2,14 @@
 schedules driven by one definition of progress, hooks, resume and data-parallel runs under torchrun."""
 
 from gridfield.training.config import (
-           Nested,
-           TrainConfig,
-           check_options,
-           check_train_config,
-           config_dict,
-           finite,
-           train_defaults,
+    Nested,
+    TrainConfig,
+    check_options,
+    check_train_config,
+    config_dict,
+    finite,
+    resume_key,
+    train_defaults,
 )
 from gridfield.training.hooks import Hook, call_hooks
 from gridfield.training.loop import DivergedError, TrainResult, TrainTask, train
@@ -18,5 +19,5 @@ from gridfield.training.schedule import cosine, exponential, progress
 
 __all__ = ["DivergedError", "Hook", "Nested", "TrainConfig", "TrainResult", "TrainTask", "call_hooks",
            "check_options", "check_train_config", "config_dict", "cosine", "exponential", "finite",
-           "make_optimizer", "progress", "resolve_device", "seed_everything", "state_path_for", "train",
+           "make_optimizer", "progress", "resume_key", "resolve_device", "seed_everything", "state_path_for", "train",
            "train_defaults"]

@@ -83,6 +83,17 @@ def finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
 
 
+#: the training options a resumed run must share with the interrupted one
+RESUME_TRAIN_KEYS = ("steps", "time_budget", "lr_grid", "lr_other", "seed")
+
+
+def resume_key(config: dict, ignore: tuple[str, ...] = ()) -> dict:
+    """The options a ``--resume`` must not change, from :func:`config_dict`'s output: every task option
+    except ``ignore`` (those that only shape the outputs) plus :data:`RESUME_TRAIN_KEYS`."""
+    key = {k: v for k, v in config.items() if k != "train" and k not in ignore}
+    return key | {k: config["train"][k] for k in RESUME_TRAIN_KEYS}
+
+
 def config_dict(cfg: Any) -> dict:
     """A (nested) config dataclass as JSON-ready data: paths as strings, nested configs as dicts."""
     out = {}

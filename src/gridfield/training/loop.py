@@ -106,6 +106,15 @@ def _set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
         g["lr"] = g["initial_lr"] * factor
 
 
+def _finite_loss(loss: Tensor, step: int, lr_grid: float, lr_other: float) -> float:
+    """The loss as a float (a host sync); :class:`DivergedError` naming the step when it is not finite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DivergedError(f"training diverged: the loss became {value} by step {step}; lower --lr-grid / "
+                            f"--lr-other (now {lr_grid:g} / {lr_other:g}), or try --backend reference")
+    return value
+
+
 def _wrap(task: TrainTask, info: distributed.DistInfo):
     if info.world == 1:
         return task.batch_loss
@@ -153,6 +162,10 @@ def train(task: TrainTask, cfg: TrainConfig, lr_grid: float, lr_other: float, *,
     if step == 0 and task.eval_every and info.is_main:
         res.history.append({"step": 0, **task.evaluate(0)})
 
+    def history_row() -> dict:
+        return {"step": step, "loss": loss_v, "lr_grid": opt.param_groups[0]["lr"], "seconds": seconds,
+                **task.evaluate(step)}
+
     def snapshot() -> dict:
         return {"step": step, "seconds": seconds, "module": task.module.state_dict(),
                 "optimizer": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -182,14 +195,9 @@ def train(task: TrainTask, cfg: TrainConfig, lr_grid: float, lr_other: float, *,
             step += 1
             due_eval = task.eval_every and step % task.eval_every == 0
             if step % sync_every == 0 or due_eval or step == cfg.steps:
-                loss_v = float(loss.detach())
-                if not math.isfinite(loss_v):
-                    raise DivergedError(
-                        f"training diverged: the loss became {loss_v} by step {step}; lower --lr-grid / "
-                        f"--lr-other (now {lr_grid:g} / {lr_other:g}), or try --backend reference")
+                loss_v = _finite_loss(loss, step, lr_grid, lr_other)
             if due_eval and info.is_main:
-                res.history.append({"step": step, "loss": loss_v, "lr_grid": opt.param_groups[0]["lr"],
-                                    "seconds": seconds, **task.evaluate(step)})
+                res.history.append(history_row())
             if bar is not None:
                 bar.update(1)
                 if cfg.time_budget is not None and p > 0:
@@ -204,13 +212,9 @@ def train(task: TrainTask, cfg: TrainConfig, lr_grid: float, lr_other: float, *,
     if bar is not None:
         bar.close()
     if loss is not None:
-        loss_v = float(loss.detach())
-        if not math.isfinite(loss_v):
-            raise DivergedError(f"training diverged: the loss became {loss_v} by step {step}; lower "
-                                f"--lr-grid / --lr-other (now {lr_grid:g} / {lr_other:g})")
+        loss_v = _finite_loss(loss, step, lr_grid, lr_other)
     if task.eval_every and info.is_main and (not res.history or res.history[-1]["step"] != step):
-        res.history.append({"step": step, "loss": loss_v, "lr_grid": opt.param_groups[0]["lr"],
-                            "seconds": seconds, **task.evaluate(step)})
+        res.history.append(history_row())
     if state_path is not None and info.is_main:
         save_state(state_path, snapshot())  # an interrupt while evaluating/writing resumes here
     res.steps, res.seconds, res.final_loss = step, seconds, loss_v
