@@ -109,7 +109,7 @@ class Trainer:
         n, h, w = self.shape
         if self.n >= cfg.occ_start and (self.n - cfg.occ_start) % cfg.occ_every == 0:
             with record_function("occupancy_update"):
-                occ.update(field.density, s.step, warmup=occ.updates == 0, fraction=0.25)
+                occ.update(field.density, s.step)
         with record_function("rays"):
             idx = torch.randint(n * h * w, (cfg.batch_rays,), generator=self.gen)
             img, pix = idx // (h * w), idx % (h * w)

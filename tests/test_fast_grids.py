@@ -227,8 +227,10 @@ def test_bad_points_fast(ext):
     grid = HashGrid(2, n_levels=2, log2_hashmap_size=8, backend="fast")
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         grid(torch.zeros(5, 3))
-    with pytest.raises(ValueError, match="non-finite"):
-        grid(torch.tensor([[0.0, float("nan")]]))
+    x = torch.tensor([[0.0, float("nan")], [0.3, -0.2], [float("-inf"), 1e30]])  # NaN in, NaN out, no sync
+    out = grid(x)
+    assert out[[0, 2]].isnan().all()
+    torch.testing.assert_close(out[1], HashGrid.reference_forward(grid, x[1:2])[0])
     with pytest.raises(RuntimeError, match="needs rows"):  # a table that does not match the grid
         fe.grid_encode(ext, grid.features[:10], torch.zeros(3, 2), grid.encode_spec())
     dense = DenseGrid(2, [4], backend="fast")

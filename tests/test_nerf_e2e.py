@@ -23,6 +23,7 @@ def trained(tmp_path_factory):
     scene = make_scene("torus_knot", root / "scene", views=20, test_views=3, size=32)
     cfg = NerfConfig(scene=scene, model="dense", appearance="sh", resolution=32, batch_rays=1024,
                      occ_start=30, occ_every=8, occ_resolution=64, turntable_frames=2,
+                     curve_views=3, curve_seconds=(1e-6,),
                      train=TrainConfig(steps=300, progress=False, seed=0, out=root / "out"))
     return scene, cfg, run(cfg)
 
@@ -48,6 +49,9 @@ def test_reaches_stated_psnr_and_writes_outputs(trained):
     history = json.loads((cfg.train.out / "history.json").read_text())
     assert [h["step"] for h in history] == [0, 100, 200, 300]
     assert history[-1]["train_psnr"] > history[1]["train_psnr"]  # the running training PSNR improves
+    curve = [(h["step"], h["curve_psnr"]) for h in history if "curve_psnr" in h]
+    assert [s for s, _ in curve] == [100]  # the first row past the only curve time
+    assert 12.0 < curve[0][1] < m["psnr"] + 0.5  # the 3 test views, 200 steps before the final evaluation
 
 
 def test_checkpoint_reload_renders_the_same_view(trained):

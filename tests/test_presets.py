@@ -30,9 +30,10 @@ COUNTS = [
     ("image", "ffmlp", {"out_dim": 1}, 288_321), ("image", "mfn", {"out_dim": 1}, 297_025),
     ("sdf", "dense", {}, 1_946_737), ("sdf", "hash", {}, 1_533_969), ("sdf", "planes", {}, 2_070_209),
     ("sdf", "mulfagrid", {}, 1_950_196),
-    ("nerf", "dense", {}, 3_413_635), ("nerf", "hash", {}, 2_342_995), ("nerf", "planes", {}, 844_691),
+    ("nerf", "dense", {}, 3_413_635), ("nerf", "hash", {}, 12_205_795), ("nerf", "planes", {}, 844_691),
     ("nerf", "mulfagrid", {}, 2_105_876),
-    ("nerf", "dense", {"appearance": "sh"}, 7_340_032), ("nerf", "hash", {"appearance": "sh"}, 2_337_820),
+    ("nerf", "dense", {"appearance": "sh"}, 7_340_032), ("nerf", "hash", {"appearance": "sh"}, 12_200_172),
+    ("nerf", "hash-small", {}, 3_406_419), ("nerf", "hash-large", {}, 42_292_947),
     ("nerf", "planes", {"appearance": "sh"}, 839_516), ("nerf", "mulfagrid", {"appearance": "sh"}, 2_100_701),
 ]
 #: analysis grids in 2D (grid features only) and 3D
@@ -47,7 +48,8 @@ def all_specs():
 
 def test_models_of_every_task():
     assert presets.models("image") == ["dense", "hash", "planes", "mulfagrid", "mulfagrid-paper", "ffmlp", "mfn"]
-    assert presets.models("sdf") == presets.models("nerf") == ["dense", "hash", "planes", "mulfagrid"]
+    assert presets.models("sdf") == ["dense", "hash", "planes", "mulfagrid"]
+    assert presets.models("nerf") == ["dense", "hash", "planes", "mulfagrid", "hash-small", "hash-large"]
     assert presets.models("analyses") == list(ANALYSIS_COUNTS)
     assert {t for t, *_ in COUNTS} | {"analyses"} == set(presets.TASKS)
     for task in ("image", "sdf", "nerf"):  # every model is counted
@@ -197,3 +199,23 @@ def test_checkpoints_written_before_the_registry_still_load(tmp_path):
     assert torch.equal(load_sdf_checkpoint(tmp_path / "sdf.pt")[0](x), trained["sdf"](x))
     field = load_nerf(tmp_path / "nerf.pt")[0]
     assert torch.equal(field.aabb, trained["nerf"].aabb) and torch.equal(field.density(x), trained["nerf"].density(x))
+
+
+def test_hash_nerf_preset_is_instant_ngp():
+    """The hash NeRF model is Instant-NGP's configuration (16 levels x 2 features, 2^19 rows, base 16,
+    finest 2048 across its unit cube of 3 NeRF-synthetic units; 1x64 density MLP, 16 outputs, truncated
+    exp; 2x64 colour MLP on 15 features + the 16 degree-4 SH coefficients of the direction)."""
+    from gridfield.grids.hash import HashGrid
+
+    field = presets.get("nerf", "hash", aabb_scale=1.5).build()
+    g = field.density_grid
+    assert isinstance(g, HashGrid) and field.color_grid is None
+    assert (g.n_levels, g.features_per_level, g.base_resolution) == (16, 2, 16)
+    assert max(g.level_sizes) == 2**19 and g.resolutions[-1] in (2048, 2049)
+    dims = [(m.in_features, m.out_features) for m in field.density_head if isinstance(m, torch.nn.Linear)]
+    assert dims == [(32, 64), (64, 16)]
+    dims = [(m.in_features, m.out_features) for m in field.color_head if isinstance(m, torch.nn.Linear)]
+    assert dims == [(15 + 16, 64), (64, 64), (64, 3)]
+    assert field.density_activation == "trunc_exp"
+    for name, t in (("hash-small", 17), ("hash-large", 21)):
+        assert max(presets.get("nerf", name).build().density_grid.level_sizes) == 2**t

@@ -75,3 +75,38 @@ def test_untrained_opacity_per_step_is_alpha_init():
         d = torch.nn.functional.normalize(torch.randn(100, 3), dim=-1)
         rgb = f.color(x, d)
         assert rgb.shape == (100, 3) and ((rgb > 0) & (rgb < 1)).all()
+
+
+def test_trunc_exp_is_exp_with_a_clamped_gradient():
+    from gridfield.functional.activations import trunc_exp
+
+    x = torch.tensor([-3.0, 0.0, 2.0, 14.0, 20.0], dtype=torch.float64, requires_grad=True)
+    y = trunc_exp(x)
+    torch.testing.assert_close(y, torch.exp(x.detach()))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.exp(x.detach().clamp(max=15.0)))  # autograd's exp' = exp below 15
+
+
+def test_shared_layout_trunc_exp_density_fast_head_matches_reference():
+    """A hash field with Instant-NGP's density activation: untrained opacity ``alpha_init``; the chunked
+    density head (fast path) gives the reference's values and gradients."""
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    torch.manual_seed(0)
+    f = RadianceField(make_grid("hash", 3, n_levels=4, log2_hashmap_size=10, init_scale=1e-4), None, aabb,
+                      alpha_init=1e-2, step=0.01, density_activation="trunc_exp", view_degree=3)
+    x = torch.rand(300, 3) * 2 - 1
+    d = torch.nn.functional.normalize(torch.randn(300, 3), dim=-1)
+    alpha = 1 - torch.exp(-f.density(x) * 0.01)
+    torch.testing.assert_close(alpha, torch.full_like(alpha, 1e-2), rtol=0.2, atol=0)  # the MLP's bias varies it
+    outs = []
+    for backend in ("auto", "reference"):
+        f.backend = backend
+        f.zero_grad()
+        sigma, geo = f.density_and_geo(x)
+        loss = sigma.sum() + f.color(x, d, geo).square().sum()
+        loss.backward()
+        outs.append((sigma.detach(), geo.detach(), [p.grad.clone() for p in f.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs[0][2], outs[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -101,6 +101,39 @@ def test_occupancy_update_marks_dense_region():
     assert (box[:3] >= -0.76).all() and (box[3:] <= 0.76).all()
 
 
+def test_occupancy_update_budget_pools_and_ema():
+    """After the full first update, each update evaluates exactly ``cells`` points, half from the uncarved
+    cells and half from the occupied ones, and the EMA follows max(decay * old, new) on the drawn cells."""
+    occ = OccupancyGrid(torch.tensor([-1.0, -1, -1, 1, 1, 1]), resolution=16)
+    occ.carved.view(16, 16, 16)[:, :, 8:] = False  # carving left the half z < 0
+    seen = []
+
+    def density(x):
+        seen.append(x.clone())
+        return 100.0 * (x.norm(dim=-1) < 0.5).float()
+
+    occ.update(density, step_size=0.01)  # first update: every cell
+    assert seen[0].shape[0] == 16**3 and occ.n_updates == 1
+    before = occ.ema.clone()
+    torch.manual_seed(0)
+    occ.update(density, step_size=0.01, cells=512)
+    x = seen[1]
+    assert x.shape[0] == 512 and occ.n_updates == 2 and int(occ.updates) == 2
+    idx, inside = occ.cell_index(x)
+    assert inside.all() and occ.carved[idx].all()  # never a carved cell
+    occupied_before = (before > before.mean().clamp(max=0.01)) & occ.carved
+    assert occupied_before[idx[256:]].all() and not occupied_before[idx[:256]].all()
+    expect = before * occ.decay
+    vals = 100.0 * (x.norm(dim=-1) < 0.5).float() * 0.01
+    for i, v in zip(idx.tolist(), vals.tolist()):
+        expect[i] = max(expect[i], v)
+    torch.testing.assert_close(occ.ema, expect)
+    assert not occ.binary.reshape(-1)[~occ.carved].any()
+    loaded = OccupancyGrid(occ.aabb, resolution=16)
+    loaded.load_state_dict(occ.state_dict())
+    assert loaded.n_updates == 2
+
+
 def test_carving_keeps_the_ball_and_removes_outside_its_visual_hull():
     from gridfield.render.rays import Intrinsics, camera_rays, look_at
 

@@ -11,9 +11,10 @@ Appearance ``sh``: the appearance features are spherical-harmonic coefficients (
 channels, or a linear map to them), ``rgb = sigmoid(SH(d) . c)``: no MLP. Appearance ``mlp``:
 features and an SH encoding of the view direction go through a tiny MLP, ``rgb = sigmoid(MLP)``.
 
-Density: ``sigma = softplus(raw + shift) * sigma_scale`` (DVGO's shifted softplus), ``shift`` chosen so
-that an untrained field has opacity ``alpha_init`` per marching step. Everything is differentiable
-in the grid and head parameters.
+Density: ``sigma = softplus(raw + shift) * sigma_scale`` (DVGO's shifted softplus, ``density_activation
+= "softplus"``) or ``sigma = trunc_exp(raw + shift)`` (Instant-NGP's truncated exponential, ``"trunc_exp"``;
+``sigma_scale`` unused), ``shift`` chosen so that an untrained field has opacity ``alpha_init`` per
+marching step. Everything is differentiable in the grid and head parameters.
 
 Example::
 
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 from gridfield.fast import render as fast_render
 from gridfield.fast._build import check_backend
 from gridfield.fields.decoders import MLPDecoder
+from gridfield.functional.activations import trunc_exp
 from gridfield.functional.sh import sh_basis, sh_to_rgb
 from gridfield.grids.base import Grid
 from gridfield.grids.dense import DenseGrid
@@ -48,10 +50,12 @@ class RadianceField(nn.Module):
                  appearance: Literal["sh", "mlp"] = "mlp", sh_degree: int = 2, view_degree: int = 2,
                  width: int = 64, hidden_layers: int = 2, geo_features: int = 15,
                  alpha_init: float = 1e-4, step: float = 0.01, sigma_scale: float | None = None,
-                 backend: str = "auto") -> None:
+                 density_activation: Literal["softplus", "trunc_exp"] = "softplus", backend: str = "auto") -> None:
         super().__init__()
         if appearance not in ("sh", "mlp"):
             raise ValueError(f"appearance must be 'sh' or 'mlp', got {appearance!r}")
+        if density_activation not in ("softplus", "trunc_exp"):
+            raise ValueError(f"density_activation must be 'softplus' or 'trunc_exp', got {density_activation!r}")
         if color_grid is None and appearance == "sh" and density_grid.out_dim < 1:
             raise ValueError("shared layout with SH appearance needs grid features")
         self.density_grid, self.color_grid = density_grid, color_grid
@@ -68,8 +72,10 @@ class RadianceField(nn.Module):
         else:
             self.color_head = MLPDecoder(app_dim + (view_degree + 1) ** 2, 3, width, hidden_layers)
         scale = sigma_scale if sigma_scale is not None else 1.0 / step
-        self.sigma_scale = float(scale)
-        self.shift = float(math.log(math.expm1(-math.log1p(-alpha_init) / (scale * step))))
+        self.sigma_scale, self.density_activation = float(scale), density_activation
+        sigma0 = -math.log1p(-alpha_init) / step  # density of opacity alpha_init per step
+        self.shift = float(math.log(sigma0) if density_activation == "trunc_exp"
+                           else math.log(math.expm1(sigma0 / scale)))
         self.backend = backend  # fast paths; not part of the state dict
 
     @property
@@ -109,8 +115,15 @@ class RadianceField(nn.Module):
     def _density_and_geo(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         h = self.density_grid(self.to_unit(x))
         if self.density_head is not None:
-            h = self.density_head(h)
-        sigma = F.softplus(h[:, 0] + self.shift) * self.sigma_scale
+            none = h.new_empty(h.shape[0], 0)
+            if check_backend(self.backend) != "reference" and chunked_mlp_applies(self.density_head, h, none):
+                h = chunked_mlp(self.density_head, h, none, backend=self.backend)
+            else:
+                h = self.density_head(h)
+        if self.density_activation == "trunc_exp":
+            sigma = trunc_exp(h[:, 0] + self.shift)
+        else:
+            sigma = F.softplus(h[:, 0] + self.shift) * self.sigma_scale
         return sigma, (h[:, 1:] if self.color_grid is None else None)
 
     def density(self, x: Tensor) -> Tensor:

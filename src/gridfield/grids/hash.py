@@ -126,8 +126,6 @@ class HashGrid(Grid):
         has offset ``(k >> j) & 1`` along axis ``j``. Weights are differentiable in ``x``.
         """
         check_points(x, self.in_dim, "HashGrid")
-        if not torch.isfinite(x).all():
-            raise ValueError("HashGrid got non-finite (NaN or inf) points")
         x01 = (x + 1) * 0.5
         cell, frac = pos_fract(x01, torch.tensor(self.scales, dtype=x.dtype, device=x.device))
         rows = cell_corner_rows(cell, self._factors, self._is_hashed, self._sizes)
@@ -148,8 +146,6 @@ class HashGrid(Grid):
                              "a subclass redefines all_levels_support")
         if mod is None:
             return self.eager_forward(x)
-        if not torch.isfinite(x).all():
-            raise ValueError("HashGrid got non-finite (NaN or inf) points")
         return fe.grid_encode(mod, self.features, x, self.encode_spec())
 
     def encode_spec(self):

@@ -3,7 +3,8 @@ nerfacc style), used by the ray marcher to skip empty space.
 
 The grid keeps an exponential moving average of the opacity ``sigma * step`` at jittered points of
 each cell and marks a cell occupied when its value exceeds ``min(threshold, mean)``. Until the first
-update every cell is occupied.
+update every cell is occupied; the first update evaluates every cell, later ones a fixed budget of
+cells (half uniform, half among the occupied ones), so their cost does not grow with the grid.
 
 Example::
 
@@ -20,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+CELLS_PER_UPDATE = 1 << 16  # cells evaluated per occupancy update after the first (a fixed budget)
 
 
 class OccupancyGrid(nn.Module):
@@ -65,32 +68,61 @@ class OccupancyGrid(nn.Module):
         lo, hi = self.aabb[:3], self.aabb[3:]
         return lo + ijk / r * (hi - lo)
 
+    @property
+    def n_updates(self) -> int:
+        """Updates so far (a host-side copy of the ``updates`` buffer: reading it costs no device sync)."""
+        if getattr(self, "_n_updates", None) is None:
+            self._n_updates = int(self.updates)
+        return self._n_updates
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._n_updates = self._candidates = None  # re-read from the loaded buffers
+
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], step_size: float, chunk: int = 1 << 18,
-               warmup: bool = False, fraction: float = 1.0) -> None:
+               warmup: bool | None = None, cells: int | None = None) -> None:
         """EMA update from ``density_fn`` (``[N, 3]`` world -> ``[N]``) at jittered points of the cells.
 
-        ``fraction < 1`` re-evaluates that random fraction of the cells (the others only decay).
-        ``warmup=True`` evaluates every cell and replaces the estimate (use for the first update).
+        The first update (``warmup``, default: when there was none yet) evaluates every cell and
+        replaces the estimate. Later ones evaluate a fixed budget of ``cells`` cells (default
+        :data:`CELLS_PER_UPDATE`, so the cost does not grow with the grid): half drawn uniformly from
+        the cells carving left, half from the cells occupied now (Instant-NGP / nerfacc); every cell
+        decays by ``decay``, a drawn cell keeps ``max(decayed, new draws)``. Occupied: above
+        ``min(threshold, mean)``. On CUDA the draw of occupied cells is one host sync per update.
         """
-        cells, n = None, self.resolution**3
-        if not warmup and fraction < 1.0:
-            cells = torch.randint(n, (max(1, int(fraction * n)),), device=self.aabb.device)
-        x = self.cell_centers(jitter=True, cells=cells)
+        n = self.resolution**3
+        budget = CELLS_PER_UPDATE if cells is None else int(cells)
+        warm = self.n_updates == 0 if warmup is None else warmup
+        idx = None if warm or budget >= n else self._draw(budget)
+        x = self.cell_centers(jitter=True, cells=idx)
         occ = torch.cat([density_fn(x[s : s + chunk]).reshape(-1) for s in range(0, x.shape[0], chunk)])
         occ = occ.float() * step_size
-        if warmup:
+        if warm:
             self.ema.copy_(occ)
         else:
             new = self.ema * self.decay
-            if cells is None:
+            if idx is None:
                 new = torch.maximum(new, occ)
             else:
-                new[cells] = torch.maximum(new[cells], occ)
+                new.scatter_reduce_(0, idx, occ, reduce="amax")  # a cell drawn twice keeps its largest draw
             self.ema.copy_(new)
-        thr = min(self.threshold, float(self.ema.mean()))
+        thr = self.ema.mean().clamp(max=self.threshold)  # a tensor: no host sync
         self.binary.copy_(((self.ema > thr) & self.carved).reshape(self.binary.shape))
         self.updates += 1
+        self._n_updates = self.n_updates + 1
+
+    def _draw(self, budget: int) -> Tensor:
+        """``budget`` flat cell indices: half uniform over the uncarved cells, half over the occupied ones."""
+        dev = self.aabb.device
+        if getattr(self, "_candidates", None) is None:
+            self._candidates = torch.nonzero(self.carved)[:, 0]
+        occupied = torch.nonzero(self.binary.reshape(-1))[:, 0]
+        pools = [p for p in (self._candidates, occupied) if p.numel() > 0]
+        if not pools:
+            return torch.randint(self.resolution**3, (budget,), device=dev)
+        k = budget // len(pools)
+        return torch.cat([p[torch.randint(p.numel(), (k,), device=dev)] for p in pools])
 
     @torch.no_grad()
     def carve(self, c2w: Tensor, K, alphas: Tensor, near: float) -> None:
@@ -115,6 +147,7 @@ class OccupancyGrid(nn.Module):
             keep &= ~inside | hit
         self.carved.copy_(keep)
         self.binary &= keep.reshape(self.binary.shape)
+        self._candidates = None
 
     def occupied_aabb(self, margin_cells: int = 1) -> Tensor:
         """The world box ``[6]`` around occupied cells, grown by ``margin_cells``; the full box if none."""

@@ -27,7 +27,7 @@ from gridfield.render.pipeline import RenderSettings
 from gridfield.render.rays import orbit_poses
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
 from gridfield.tasks.nerf_eval import SSIM_KIND, evaluate, evenly_spaced, load_nerf, orbit_camera, render_path
-from gridfield.tasks.nerf_train import NerfSchedule, step_size, train_nerf
+from gridfield.tasks.nerf_train import CURVE_SECONDS, Curve, NerfSchedule, step_size, train_nerf
 from gridfield.training import Nested, check_options, config_dict, finite, resume_key, seed_everything, train_defaults
 
 __all__ = ["MakeSceneConfig", "NerfConfig", "evaluate", "load_nerf", "render_path", "run", "run_make_scene"]
@@ -40,7 +40,8 @@ class NerfConfig:
     scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE_DIR")]
     """Scene folder with transforms_train.json and transforms_test.json (NeRF-synthetic layout)."""
     model: str = "dense"
-    """Grid model: dense (DVGO style, coarse to fine), hash, planes or mulfagrid."""
+    """Grid model: dense (DVGO style, coarse to fine), hash (Instant-NGP; hash-small, hash-large), planes or
+    mulfagrid."""
     appearance: Literal["sh", "mlp"] | None = None
     """Appearance: SH coefficients in the grid (no MLP) or features + tiny MLP; default: the model's."""
     resolution: int = 128
@@ -73,6 +74,11 @@ class NerfConfig:
     """Save this many test renders and depth maps (None: all evaluated views)."""
     turntable_frames: int = 24
     """Frames of the turntable GIF (0: none); rendered at half the test resolution."""
+    curve_views: int = 0
+    """Render this many evenly spaced test views during training, at the --curve-seconds of the training
+    clock (a time-to-PSNR curve: history.json rows with curve_psnr; not counted as training time). 0: off."""
+    curve_seconds: tuple[float, ...] = CURVE_SECONDS
+    """Training seconds at which the curve views are rendered."""
     train: Nested = train_defaults(steps=3000)
 
 
@@ -89,7 +95,10 @@ def _check(cfg: NerfConfig) -> None:
                   ("--downscale", cfg.downscale, cfg.downscale >= 1, ">= 1"),
                   ("--test-views", cfg.test_views, cfg.test_views is None or cfg.test_views >= 1, ">= 1 (or None)"),
                   ("--save-renders", cfg.save_renders, cfg.save_renders is None or cfg.save_renders >= 0, ">= 0"),
-                  ("--turntable-frames", cfg.turntable_frames, cfg.turntable_frames >= 0, ">= 0"))
+                  ("--turntable-frames", cfg.turntable_frames, cfg.turntable_frames >= 0, ">= 0"),
+                  ("--curve-views", cfg.curve_views, cfg.curve_views >= 0, ">= 0"),
+                  ("--curve-seconds", cfg.curve_seconds, all(finite(v) and v > 0 for v in cfg.curve_seconds)
+                   and list(cfg.curve_seconds) == sorted(cfg.curve_seconds), "finite, > 0 and increasing"))
     if cfg.model not in presets.models("nerf"):
         raise InputError(f"unknown model {cfg.model!r} for nerf; choose one of {', '.join(presets.models('nerf'))}")
     memory.guard(memory.estimate_grid_bytes(cfg.occ_resolution, 2, copies=1),
@@ -118,6 +127,7 @@ def run(cfg: NerfConfig) -> dict:
     bg = (1.0, 1.0, 1.0) if cfg.white_background else (0.0, 0.0, 0.0)
     train = load_blender(cfg.scene, "train", cfg.downscale, bg)
     test = load_blender(cfg.scene, "test", cfg.downscale, bg)
+    every = test
     keep = evenly_spaced(test.images.shape[0], cfg.test_views)
     test = BlenderSplit(test.images[keep], test.c2w[keep], test.K, [test.names[i] for i in keep], test.near, test.far)
     dev = ctx.device
@@ -132,8 +142,14 @@ def run(cfg: NerfConfig) -> dict:
     settings = RenderSettings(train.near, train.far, step_size(field, spec, cfg.step_ratio), bg, backend=t.backend)
     opts = NerfSchedule(cfg.batch_rays, cfg.tv_weight, cfg.step_ratio, cfg.occ_every, cfg.occ_start, cfg.resolution)
     config = config_dict(cfg)
-    key = resume_key(config, ignore=("test_views", "save_renders", "turntable_frames"))
-    spec, settings, stats = train_nerf(field, occ, train, spec, t, opts, settings, state_path=ctx.state,
+    key = resume_key(config, ignore=("test_views", "save_renders", "turntable_frames", "curve_views",
+                                     "curve_seconds"))
+    curve = None
+    if cfg.curve_views:
+        ci = evenly_spaced(every.images.shape[0], cfg.curve_views)
+        curve = Curve(BlenderSplit(every.images[ci], every.c2w[ci], every.K, [every.names[i] for i in ci],
+                                   every.near, every.far), tuple(float(v) for v in cfg.curve_seconds))
+    spec, settings, stats = train_nerf(field, occ, train, spec, t, opts, settings, curve, state_path=ctx.state,
                                        resume_key=key)
     if not ctx.dist.is_main:
         finish_run(ctx, lambda d: None)

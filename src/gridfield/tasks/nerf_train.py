@@ -20,11 +20,21 @@ from gridfield.fields.radiance import RadianceField, dense_resolution, refit_den
 from gridfield.metrics import psnr_from_mse
 from gridfield.presets.specs import RadianceSpec
 from gridfield.render.occupancy import OccupancyGrid
-from gridfield.render.pipeline import RenderSettings, render_rays
+from gridfield.render.pipeline import RenderSettings, render_camera, render_rays
 from gridfield.render.rays import rays_from_pixels
 from gridfield.training import TrainConfig, TrainTask, distributed, exponential, train
 
 REFITS = (0.1, 0.2, 0.3)  # progress at which dense grids double their voxel count (3 times, from 1/8)
+CURVE_SECONDS = (30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0)  # time-to-PSNR points
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Test views rendered during training at the training-clock times ``seconds`` (a time-to-PSNR
+    curve: the rows of ``history.json`` with ``curve_psnr``); their rendering is not training time."""
+
+    views: BlenderSplit
+    seconds: tuple[float, ...] = CURVE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class NerfTask(TrainTask):
     eval_every = 100  # history rows: the running training PSNR (no extra rendering)
 
     def __init__(self, field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spec: RadianceSpec,
-                 settings: RenderSettings, opts: NerfSchedule):
+                 settings: RenderSettings, opts: NerfSchedule, curve: Curve | None = None):
         self.fused = field.aabb.device.type in ("cpu", "cuda")
         self.module, self.occ, self.spec, self.settings, self.opts = field, occ, spec, settings, opts
         dev = field.aabb.device
@@ -68,18 +78,19 @@ class NerfTask(TrainTask):
         self.plan = refit_plan(opts.resolution) if dense_resolution(field.density_grid) else []
         self.samples = torch.zeros((), dtype=torch.int64)
         self.last_mse = torch.tensor(float("nan"))
+        self.curve, self.curve_done = curve, 0  # curve points rendered so far
 
     def step_begin(self, step: int, p: float) -> bool:
         changed = False
         if self.plan and p >= self.plan[0][0]:
             field = self.module
-            box = self.occ.occupied_aabb(margin_cells=3) if self.occ.updates > 0 else field.aabb
+            box = self.occ.occupied_aabb(margin_cells=3) if self.occ.n_updates > 0 else field.aabb
             box = torch.cat([torch.maximum(box[:3], field.aabb[:3]), torch.minimum(box[3:], field.aabb[3:])])
             self._refit(self.plan.pop(0)[1], box)
             changed = True
         o = self.opts
         if step >= o.occ_start and (step - o.occ_start) % o.occ_every == 0:
-            self.occ.update(self.module.density, self.settings.step, warmup=self.occ.updates == 0, fraction=0.25)
+            self.occ.update(self.module.density, self.settings.step)
         return changed
 
     def _refit(self, res: int, box: torch.Tensor) -> None:
@@ -102,7 +113,23 @@ class NerfTask(TrainTask):
 
     def evaluate(self, step: int) -> dict[str, Any]:
         mse = float(self.last_mse)
-        return {"train_psnr": psnr_from_mse(max(mse, 1e-10))} if math.isfinite(mse) else {}
+        out = {"train_psnr": psnr_from_mse(max(mse, 1e-10))} if math.isfinite(mse) else {}
+        c = self.curve
+        due = 0 if c is None or step == 0 else sum(t <= self.seconds for t in c.seconds[self.curve_done :])
+        if due:
+            self.curve_done += due
+            out["curve_psnr"] = self.curve_psnr()
+        return out
+
+    @torch.no_grad()
+    def curve_psnr(self) -> float:
+        """Mean PSNR over the curve's views (the standard protocol's per-view mean)."""
+        v, dev = self.curve.views, self.module.aabb.device
+        values = []
+        for i in range(v.images.shape[0]):
+            rgb = render_camera(self.module, v.c2w[i].to(dev), v.K, self.occ, self.module.aabb, self.settings)["rgb"]
+            values.append(psnr_from_mse(max(float((rgb.cpu() - v.images[i]).square().mean()), 1e-10)))
+        return sum(values) / len(values)
 
     def postfix(self, loss: float, logs: dict) -> dict[str, str]:
         mse = float(logs["mse"])
@@ -111,7 +138,8 @@ class NerfTask(TrainTask):
 
     def state_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "occ": self.occ.state_dict(),
-                "plan": [list(p) for p in self.plan], "samples": self.samples, "last_mse": self.last_mse}
+                "plan": [list(p) for p in self.plan], "samples": self.samples, "last_mse": self.last_mse,
+                "curve_done": self.curve_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         spec = RadianceSpec.from_dict(state["spec"])
@@ -121,16 +149,17 @@ class NerfTask(TrainTask):
         self.occ.load_state_dict(state["occ"])
         self.plan = [(float(p), int(r)) for p, r in state["plan"]]
         self.samples, self.last_mse = state["samples"], state["last_mse"]
+        self.curve_done = int(state.get("curve_done", 0))
 
 
 def train_nerf(field: RadianceField, occ: OccupancyGrid, data: BlenderSplit, spec: RadianceSpec,
-               train_cfg: TrainConfig, opts: NerfSchedule, settings: RenderSettings, **train_kwargs
-               ) -> tuple[RadianceSpec, RenderSettings, dict]:
+               train_cfg: TrainConfig, opts: NerfSchedule, settings: RenderSettings, curve: Curve | None = None,
+               **train_kwargs) -> tuple[RadianceSpec, RenderSettings, dict]:
     """Train ``field`` in place on ``data``; returns the final spec, render settings and training stats.
 
     ``train_kwargs`` (``hooks``, ``state_path``, ``resume_key``) go to :func:`gridfield.training.train`.
     """
-    task = NerfTask(field, occ, data, spec, settings, opts)
+    task = NerfTask(field, occ, data, spec, settings, opts, curve)
     res = train(task, train_cfg, train_cfg.lr_grid or spec.lr_grid, train_cfg.lr_other or spec.lr_other,
                 **train_kwargs)
     rays = res.steps * opts.batch_rays

@@ -43,12 +43,15 @@ class TrainTask:
 
     ``module`` is trained in place; its ``grid_parameters()`` / ``other_parameters()`` are the two
     Adam groups. ``schedule`` maps progress to the learning-rate factor; ``fused`` picks fused Adam.
+    ``seconds``: the loop's training clock (seconds spent in training steps so far, evaluation
+    excluded), set before every :meth:`evaluate`.
     """
 
     module: nn.Module
     schedule: Schedule = staticmethod(cosine())
     fused: bool = False
     eval_every: int | None = None
+    seconds: float = 0.0
 
     def batch_loss(self, step: int, gen: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
         """The loss of step ``step`` (scalar, differentiable) and values for the progress bar.
@@ -160,9 +163,11 @@ def train(task: TrainTask, cfg: TrainConfig, lr_grid: float, lr_other: float, *,
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     if step == 0 and task.eval_every and info.is_main:
+        task.seconds = 0.0
         res.history.append({"step": 0, **task.evaluate(0)})
 
     def history_row() -> dict:
+        task.seconds = seconds
         return {"step": step, "loss": loss_v, "lr_grid": opt.param_groups[0]["lr"], "seconds": seconds,
                 **task.evaluate(step)}
 
