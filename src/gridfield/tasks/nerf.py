@@ -191,6 +191,8 @@ def run(cfg: NerfConfig) -> dict:
             "appearance": spec.field["appearance"], "final_resolution": spec.resolution,
             "device": str(dev), "threads": torch.get_num_threads(), "world_size": ctx.dist.world,
             **{k: v for k, v in stats.items() if k not in ("train_seconds", "rays_per_second", "history")},
+            "scene_format": scene.format, "world_from_scene": scene.world_from_scene.tolist(),
+            "skipped_frames": scene.skipped,
             "psnr_per_view": ev["psnr_per_view"], "ssim_per_view": ev["ssim_per_view"], "spec": spec.to_dict(),
             "config": config, **run_record("nerf", dev)})
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -72,8 +72,10 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
 
     if path.suffix.lower() == ".gif":
         iio.imwrite(path, np.stack(frames), duration=int(1000 / fps), loop=0)
-    else:
-        iio.imwrite(path, np.stack(frames), fps=fps, codec="libx264", macro_block_size=1, plugin="FFMPEG")
+    else:  # H.264 in yuv420p needs even sizes: an odd last row or column is dropped
+        video = np.stack(frames)
+        h, w = video.shape[1] // 2 * 2, video.shape[2] // 2 * 2
+        iio.imwrite(path, video[:, :h, :w], fps=fps, codec="libx264", macro_block_size=1, plugin="FFMPEG")
 
 
 def ffmpeg_available() -> bool:
