@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[test,mesh,view]"
+	$(PY) -m pip install --quiet -e ".[test,mesh,view,colmap,video]"
 	touch $@
 
 install: $(VENV)/.installed

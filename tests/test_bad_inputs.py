@@ -453,6 +453,21 @@ cli("render checkpoint weight of wrong shape", render("{S}/bad.pt"), "shape of g
 cli("render checkpoint weight not a tensor", render("{S}/bad.pt"), "not a tensor",
     setup=ck_edit("ck", set_key("state_dict", "grid.features", value=[1.0, 2.0])))
 
+# -- real captures, videos and meshes (#14) ---------------------------------------------------------------
+cli("nerf folder of no known format", nerf("{S}/data"), "no scene found")
+cli("nerf --format llff without poses_bounds", nerf("{SC}", "--format", "llff"), "poses_bounds.npy")
+cli("nerf --test-every 1", nerf("{SC}", "--test-every", "1"), "--test-every must be >= 2")
+cli("render unknown path", ["render", "{NCK}", "--path", "zigzag", "--out", "{S}/v.gif"], "--path must be orbit")
+cli("render --frames 0", ["render", "{NCK}", "--frames", "0", "--out", "{S}/v.gif"], "--frames must be >= 1")
+cli("render --out .avi", ["render", "{NCK}", "--out", "{S}/v.avi"], "must end in .mp4 or .gif")
+cli("render missing path file", ["render", "{NCK}", "--path", "{S}/none.json", "--out", "{S}/v.gif"], "none.json")
+cli("render path file of bad poses", ["render", "{NCK}", "--path", "{S}/p.json", "--out", "{S}/v.gif"],
+    "camera 1 is not a 4x4", setup=lambda sb, art: (sb / "p.json").write_text(json.dumps([np.eye(4).tolist(), [1, 2]])))
+cli("render image checkpoint", ["render", "{CK}", "--out", "{S}/v.gif"], "checkpoint")
+cli("export-mesh --alpha 1.5", ["export-mesh", "{NCK}", "--alpha", "1.5", "--out", "{S}/m.ply"], "--alpha must be in (0, 1)")
+cli("export-mesh --out .stl", ["export-mesh", "{NCK}", "--out", "{S}/m.stl"], "must end in .ply, .obj or .glb")
+cli("export-mesh --resolution 4", ["export-mesh", "{NCK}", "--resolution", "4", "--out", "{S}/m.ply"], "--resolution")
+
 # -- memory ---------------------------------------------------------------------------------------------
 cli("render 10^12 pixels", render("{CK}", "--height", "1000000", "--width", "1000000", "--out", "{S}/big.png"),
     "--height 1000000 --width 1000000", sub=True)

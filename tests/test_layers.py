@@ -69,6 +69,8 @@ OPTIONAL: dict[str, str] = {
     "skimage": "slow to import, sample images and marching cubes only",
     "tyro": "the CLI parser",
     "tqdm": "progress bars",
+    "pycolmap": "colmap extra (COLMAP sparse models)",
+    "imageio_ffmpeg": "video extra (MP4 writing)",
 }
 #: Files the function-level rule does not check (none: every module follows it).
 DEFERRED_RULE_EXCLUDED: tuple[str, ...] = ()

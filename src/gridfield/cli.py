@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gtk-theory": ("gridfield.analyses.theory", "TheoryConfig", "run"),
     "nerf": ("gridfield.tasks.nerf", "NerfConfig", "run"),
     "make-scene": ("gridfield.tasks.nerf", "MakeSceneConfig", "run_make_scene"),
+    "render": ("gridfield.tasks.nerf_export", "RenderVideoConfig", "run_render_video"),
+    "export-mesh": ("gridfield.tasks.nerf_export", "ExportMeshConfig", "run_export_mesh"),
     "view": ("gridfield.viewer.command", "ViewConfig", "run"),
     "report": ("gridfield.report.html", "ReportConfig", "run"),
 }

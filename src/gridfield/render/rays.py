@@ -15,15 +15,19 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from gridfield.render.distortion import undistort
+
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """Pinhole intrinsics in pixels, for an image of ``width x height``."""
+    """Pinhole intrinsics in pixels, for an image of ``width x height``, and the lens distortion of a real
+    capture (:mod:`gridfield.render.distortion`: OpenCV ``k1 k2 p1 p2 k3``, or ``fisheye`` with
+    ``k1..k4``; all zero: a pinhole camera)."""
 
     fx: float
     fy: float
@@ -31,6 +35,23 @@ class Intrinsics:
     cy: float
     width: int
     height: int
+    k1: float = 0.0
+    k2: float = 0.0
+    k3: float = 0.0
+    k4: float = 0.0
+    p1: float = 0.0
+    p2: float = 0.0
+    fisheye: bool = False
+
+    @property
+    def distorted(self) -> bool:
+        """Whether rays need undistortion (any coefficient non-zero, or a fisheye lens)."""
+        return self.fisheye or any((self.k1, self.k2, self.k3, self.k4, self.p1, self.p2))
+
+    def distortion(self) -> dict:
+        """The distortion coefficients as keyword arguments of :func:`~gridfield.render.distortion.undistort`."""
+        return {"k1": self.k1, "k2": self.k2, "k3": self.k3, "k4": self.k4, "p1": self.p1, "p2": self.p2,
+                "fisheye": self.fisheye}
 
     @staticmethod
     def from_fov(width: int, height: int, camera_angle_x: float) -> Intrinsics:
@@ -41,14 +62,18 @@ class Intrinsics:
     def scaled(self, factor: float) -> Intrinsics:
         """Intrinsics of the image resized by ``1 / factor`` (``factor = 2``: half size)."""
         w, h = round(self.width / factor), round(self.height / factor)
-        return Intrinsics(self.fx / factor, self.fy / factor, self.cx / factor, self.cy / factor, w, h)
+        return replace(self, fx=self.fx / factor, fy=self.fy / factor, cx=self.cx / factor, cy=self.cy / factor,
+                       width=w, height=h)  # distortion acts on normalised coordinates: unchanged
 
 
 def pixel_directions(K: Intrinsics, cols: Tensor, rows: Tensor) -> Tensor:
-    """Camera-space directions (not normalised, ``z = -1``) through pixel centres: ``[N]`` -> ``[N, 3]``."""
+    """Camera-space directions (not normalised, ``z = -1``) through pixel centres: ``[N]`` -> ``[N, 3]``;
+    undistorted (Newton's method) when ``K`` has lens distortion."""
     x = (cols.float() + 0.5 - K.cx) / K.fx
-    y = -(rows.float() + 0.5 - K.cy) / K.fy
-    return torch.stack([x, y, -torch.ones_like(x)], dim=-1)
+    y = (rows.float() + 0.5 - K.cy) / K.fy  # OpenCV axes (y down), where the distortion model lives
+    if K.distorted:
+        x, y = undistort(x, y, **K.distortion())
+    return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
 
 
 def rays_from_pixels(c2w: Tensor, K: Intrinsics, cols: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:

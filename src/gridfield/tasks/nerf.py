@@ -18,7 +18,8 @@ import torch
 import tyro
 
 from gridfield import memory, presets
-from gridfield.data.blender import BlenderSplit, load_blender
+from gridfield.data.blender import BlenderSplit
+from gridfield.data.captures import load_scene
 from gridfield.errors import InputError
 from gridfield.models import count_parameters
 from gridfield.render import outputs
@@ -38,7 +39,14 @@ class NerfConfig:
     """Train a grid radiance field on a Blender-format scene; write metrics, renders and a checkpoint."""
 
     scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE_DIR")]
-    """Scene folder with transforms_train.json and transforms_test.json (NeRF-synthetic layout)."""
+    """Scene folder: Blender (transforms_train.json), Instant-NGP / nerfstudio (transforms.json), LLFF
+    (poses_bounds.npy) or COLMAP (sparse/0); see docs/nerf.md."""
+    format: Literal["auto", "blender", "transforms", "llff", "colmap"] = "auto"
+    """Scene format (auto: detected from the files)."""
+    missing_images: Literal["skip", "error"] = "skip"
+    """transforms.json frames without an image: skip them (and say how many) or refuse the scene."""
+    test_every: int = 8
+    """Hold out every this-many-th frame for testing (formats without their own test split)."""
     model: str = "dense"
     """Grid model: dense (DVGO style, coarse to fine), hash (Instant-NGP; hash-small, hash-large), planes or
     mulfagrid."""
@@ -93,6 +101,7 @@ def _check(cfg: NerfConfig) -> None:
                   ("--tv-weight", cfg.tv_weight, finite(cfg.tv_weight) and cfg.tv_weight >= 0, "finite and >= 0"),
                   ("--alpha-init", cfg.alpha_init, cfg.alpha_init is None or 0 < cfg.alpha_init < 1, "in (0, 1)"),
                   ("--downscale", cfg.downscale, cfg.downscale >= 1, ">= 1"),
+                  ("--test-every", cfg.test_every, cfg.test_every >= 2, ">= 2"),
                   ("--test-views", cfg.test_views, cfg.test_views is None or cfg.test_views >= 1, ">= 1 (or None)"),
                   ("--save-renders", cfg.save_renders, cfg.save_renders is None or cfg.save_renders >= 0, ">= 0"),
                   ("--turntable-frames", cfg.turntable_frames, cfg.turntable_frames >= 0, ">= 0"),
@@ -114,19 +123,25 @@ def _check_memory(spec: presets.RadianceSpec, cfg: NerfConfig) -> None:
                      "gradients and Adam moments)", f"--resolution {cfg.resolution}")
 
 
+def _spec(cfg: NerfConfig, half_size: float) -> presets.RadianceSpec:
+    """The model's spec in the box ``[-half_size, half_size]^3`` (first marching step: half a starting voxel)."""
+    first = 2 * half_size / max(8, cfg.resolution // 2) * cfg.step_ratio
+    return presets.get("nerf", cfg.model, resolution=cfg.resolution, appearance=cfg.appearance,
+                       aabb_scale=half_size, step=first, alpha_init=cfg.alpha_init)
+
+
 def run(cfg: NerfConfig) -> dict:
     """CLI entry of ``gridfield nerf``: train, evaluate, write ``--out`` atomically; returns the metrics."""
     _check(cfg)
     t = cfg.train
     ctx = start_run(t, Path("outputs") / "nerf" / f"{Path(cfg.scene).name}-{cfg.model}")
-    first = 2 * cfg.aabb_scale / max(8, cfg.resolution // 2) * cfg.step_ratio
-    spec = presets.get("nerf", cfg.model, resolution=cfg.resolution, appearance=cfg.appearance,
-                       aabb_scale=cfg.aabb_scale, step=first, alpha_init=cfg.alpha_init)
+    spec = _spec(cfg, cfg.aabb_scale)
     _check_memory(spec, cfg)
     seed_everything(t.seed)
     bg = (1.0, 1.0, 1.0) if cfg.white_background else (0.0, 0.0, 0.0)
-    train = load_blender(cfg.scene, "train", cfg.downscale, bg)
-    test = load_blender(cfg.scene, "test", cfg.downscale, bg)
+    train, test, scene = load_scene(cfg.scene, cfg.format, cfg.downscale, bg, cfg.missing_images, cfg.test_every)
+    if scene.format != "blender":  # a re-oriented capture: cameras in [-1, 1]^3, content around them
+        spec = _spec(cfg, max(cfg.aabb_scale, scene.extra.get("scene_radius", 0.0)))
     every = test
     keep = evenly_spaced(test.images.shape[0], cfg.test_views)
     test = BlenderSplit(test.images[keep], test.c2w[keep], test.K, [test.names[i] for i in keep], test.near, test.far)
@@ -155,7 +170,8 @@ def run(cfg: NerfConfig) -> dict:
         finish_run(ctx, lambda d: None)
         return stats
     field.eval()
-    camera = {"K": asdict(train.K), **orbit_camera(train.c2w)}
+    camera = {"K": asdict(train.K), **orbit_camera(train.c2w), "format": scene.format,
+              "world_from_scene": scene.world_from_scene.tolist()}
     metrics: dict = {}
 
     def write(d: Path) -> None:
@@ -175,6 +191,8 @@ def run(cfg: NerfConfig) -> dict:
             "appearance": spec.field["appearance"], "final_resolution": spec.resolution,
             "device": str(dev), "threads": torch.get_num_threads(), "world_size": ctx.dist.world,
             **{k: v for k, v in stats.items() if k not in ("train_seconds", "rays_per_second", "history")},
+            "scene_format": scene.format, "world_from_scene": scene.world_from_scene.tolist(),
+            "skipped_frames": scene.skipped,
             "psnr_per_view": ev["psnr_per_view"], "ssim_per_view": ev["ssim_per_view"], "spec": spec.to_dict(),
             "config": config, **run_record("nerf", dev)})
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
