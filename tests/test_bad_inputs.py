@@ -464,7 +464,8 @@ cli("render missing path file", ["render", "{NCK}", "--path", "{S}/none.json", "
 cli("render path file of bad poses", ["render", "{NCK}", "--path", "{S}/p.json", "--out", "{S}/v.gif"],
     "camera 1 is not a 4x4", setup=lambda sb, art: (sb / "p.json").write_text(json.dumps([np.eye(4).tolist(), [1, 2]])))
 cli("render image checkpoint", ["render", "{CK}", "--out", "{S}/v.gif"], "checkpoint")
-cli("export-mesh --alpha 1.5", ["export-mesh", "{NCK}", "--alpha", "1.5", "--out", "{S}/m.ply"], "--alpha must be in (0, 1)")
+cli("export-mesh --alpha 1.5", ["export-mesh", "{NCK}", "--alpha", "1.5", "--out", "{S}/m.ply"],
+    "--alpha must be in (0, 1)")
 cli("export-mesh --out .stl", ["export-mesh", "{NCK}", "--out", "{S}/m.stl"], "must end in .ply, .obj or .glb")
 cli("export-mesh --resolution 4", ["export-mesh", "{NCK}", "--resolution", "4", "--out", "{S}/m.ply"], "--resolution")
 

@@ -174,7 +174,8 @@ def test_distorted_rays_reproject_to_their_pixels():
     cols, rows = torch.meshgrid(torch.arange(200), torch.arange(160), indexing="xy")
     torch.testing.assert_close(u.float(), cols.reshape(-1).float() + 0.5, atol=2e-3, rtol=0)
     torch.testing.assert_close(v.float(), rows.reshape(-1).float() + 0.5, atol=2e-3, rtol=0)
-    plain = rays_from_pixels(c2w, Intrinsics(300.0, 310.0, 100.0, 80.0, 200, 160), cols.reshape(-1), rows.reshape(-1))[1]
+    pinhole = Intrinsics(300.0, 310.0, 100.0, 80.0, 200, 160)
+    plain = rays_from_pixels(c2w, pinhole, cols.reshape(-1), rows.reshape(-1))[1]
     assert (plain - d).abs().max() > 1e-3  # the distortion matters
 
 

@@ -23,7 +23,8 @@ Splits: ``blender`` keeps its files' split. The other formats hold out every ``t
 
 Scenes without a box (every format but ``blender``) are re-oriented and scaled as nerfstudio does: the
 mean camera position moves to the origin, the mean camera up vector turns to ``+Z``, and the scene is
-scaled so that the largest camera coordinate is 1 (the cameras fill the cube ``[-1, 1]^3``). ``SceneInfo.world_from_scene`` maps the result back to the file's frame.
+scaled so that the largest camera coordinate is 1 (the cameras fill the cube ``[-1, 1]^3``).
+``SceneInfo.world_from_scene`` maps the result back to the file's frame.
 One camera (intrinsics and distortion) per split; frames with different cameras are refused.
 """
 

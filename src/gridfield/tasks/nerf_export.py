@@ -7,7 +7,7 @@ cameras) or a JSON file (:func:`gridfield.render.paths.read_path_file`, in the c
 ``--frames N``; MP4 through imageio-ffmpeg, or GIF (for ``.gif``, or when ffmpeg is absent: said).
 
 export-mesh: the density on an ``R^3`` lattice of the occupancy box, marching cubes
-(scikit-image) at the density whose opacity over one lattice step is ``--alpha``, per-vertex colour
+(scikit-image) at the density whose opacity over one marching step is ``--alpha``, per-vertex colour
 seen along the density gradient (from outside), written as PLY (trimesh) in the scene's original frame.
 """
 
@@ -91,7 +91,8 @@ def ffmpeg_available() -> bool:
 
 def run_render_video(cfg: RenderVideoConfig) -> dict:
     """CLI entry of ``gridfield render``: writes ``cfg.out`` atomically; returns what it wrote."""
-    check_options(("--frames", cfg.frames, cfg.frames >= 1, ">= 1"), ("--fps", cfg.fps, 1 <= cfg.fps <= 240, "in [1, 240]"),
+    check_options(("--frames", cfg.frames, cfg.frames >= 1, ">= 1"),
+                  ("--fps", cfg.fps, 1 <= cfg.fps <= 240, "in [1, 240]"),
                   ("--downscale", cfg.downscale, finite(cfg.downscale) and cfg.downscale > 0, "finite and > 0"))
     out = Path(cfg.out)
     if out.suffix.lower() not in (".mp4", ".gif"):
@@ -135,8 +136,9 @@ class ExportMeshConfig:
     """checkpoint.pt written by `gridfield nerf`."""
     resolution: int = 256
     """Lattice points per axis of the occupancy box."""
-    alpha: float = 0.5
-    """Surface level: the density whose opacity over one lattice step is this."""
+    alpha: float = 0.2
+    """Surface level: the density whose opacity over one marching step (the step the field was trained
+    with) is this."""
     out: Path = Path("mesh.ply")
     """Output mesh (.ply, .obj or .glb: trimesh's writers)."""
 
@@ -166,11 +168,11 @@ def run_export_mesh(cfg: ExportMeshConfig) -> dict:
         raise InputError("export-mesh needs trimesh: pip install 'gridfield[mesh]'") from None
     r = cfg.resolution
     memory.guard(r**3 * 4 * 6, f"the {r}^3 density lattice", f"--resolution {r}")
-    field, occ, _, camera = load_nerf(cfg.checkpoint)
+    field, occ, settings, camera = load_nerf(cfg.checkpoint)
     aabb = occ.occupied_aabb(margin_cells=2).cpu() if occ.n_updates > 0 else field.aabb.cpu()
     sigma = density_lattice(field, aabb, r)
     spacing = ((aabb[3:] - aabb[:3]) / (r - 1)).numpy().astype(np.float64)
-    level = -math.log(1 - cfg.alpha) / float(spacing.min())
+    level = -math.log(1 - cfg.alpha) / settings.step
     if not (sigma.max() > level > sigma.min()):
         raise InputError(f"the density ({sigma.min():.3g} to {sigma.max():.3g}) never crosses the surface level "
                          f"{level:.3g} (--alpha {cfg.alpha}); try another --alpha")
