@@ -219,3 +219,12 @@ def test_hash_nerf_preset_is_instant_ngp():
     assert field.density_activation == "trunc_exp"
     for name, t in (("hash-small", 17), ("hash-large", 21)):
         assert max(presets.get("nerf", name).build().density_grid.level_sizes) == 2**t
+
+
+def test_specs_survive_copy_deepcopy_and_pickle():
+    import copy
+    import pickle
+
+    spec = presets.get("nerf", "hash")
+    for other in (copy.copy(spec), copy.deepcopy({"s": spec})["s"], pickle.loads(pickle.dumps(spec))):
+        assert other == spec and other.field["density_activation"] == "trunc_exp"

@@ -61,6 +61,15 @@ class Kwargs(Mapping[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Kwargs is immutable")
 
+    def __copy__(self) -> Kwargs:
+        return self  # immutable: a copy is the same object (copy.deepcopy of specs and states works)
+
+    def __deepcopy__(self, memo: dict) -> Kwargs:
+        return self
+
+    def __reduce__(self):
+        return (Kwargs, (self.to_dict(),))
+
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
 
