@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from gridfield import memory
-from gridfield.data.blender import BlenderSplit, _downscale, _load_rgba, _number, check_pose, load_blender
+from gridfield.data.blender import BlenderSplit, _downscale, _load_rgba, _number, _pose, check_pose, load_blender
 from gridfield.errors import InputError, regular_file
 from gridfield.render.rays import Intrinsics
 
@@ -217,7 +217,7 @@ def _read_transforms(root: Path, downscale: int, background, missing: str):
         if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str) or not fr["file_path"].strip():
             raise InputError(f"{where}: missing 'file_path' (a non-empty string)")
         where = f"{where} ({fr['file_path']})"
-        m = _matrix(fr, where)
+        m = _pose(fr, where)
         img = (path.parent / fr["file_path"])
         if not img.is_file():
             if missing == "error":
@@ -260,20 +260,6 @@ def _read_transforms(root: Path, downscale: int, background, missing: str):
     info = SceneInfo("transforms", skipped=skipped, extra={"aabb_scale": meta.get("aabb_scale")})
     return (images, alphas if len(alphas) == len(images) else None, np.stack(poses),
             K.scaled(downscale) if downscale > 1 else K, names, info)
-
-
-def _matrix(frame: dict, where: str) -> np.ndarray:
-    if "transform_matrix" not in frame:
-        raise InputError(f"{where}: missing 'transform_matrix'")
-    try:
-        m = np.asarray(frame["transform_matrix"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: 'transform_matrix' must be a 4x4 list of numbers") from None
-    if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise InputError(f"{where}: 'transform_matrix' must be a finite 4x4 matrix, got shape {m.shape}"
-                         + ("" if m.shape != (4, 4) else " with NaN or infinite entries"))
-    check_pose(m, where)
-    return m
 
 
 # -- LLFF ---------------------------------------------------------------------------------------------
