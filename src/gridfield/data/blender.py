@@ -199,6 +199,13 @@ def _downscale(img: np.ndarray, factor: int, where: str) -> np.ndarray:
     return img.reshape(h // factor, factor, w // factor, factor, c).mean(axis=(1, 3))
 
 
+def check_downscale(downscale) -> None:
+    """``InputError`` unless ``downscale`` is a positive integer (an integral float counts)."""
+    if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not downscale >= 1 \
+            or int(downscale) != downscale:
+        raise InputError(f"downscale must be a positive integer, got {downscale!r}")
+
+
 def load_blender(root: str | Path, split: str = "train", downscale: int = 1,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0), max_frames: int | None = None,
                  near: float = 2.0, far: float = 6.0) -> BlenderSplit:
@@ -206,9 +213,7 @@ def load_blender(root: str | Path, split: str = "train", downscale: int = 1,
 
     ``max_frames`` keeps the first frames only (evenly spaced subsets are the caller's choice).
     """
-    if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not downscale >= 1 \
-            or int(downscale) != downscale:
-        raise InputError(f"downscale must be a positive integer, got {downscale!r}")
+    check_downscale(downscale)
     if not (math.isfinite(near) and math.isfinite(far) and 0 <= near < far):
         raise InputError(f"need finite near/far planes with 0 <= near < far, got near {near!r}, far {far!r}")
     downscale = int(downscale)

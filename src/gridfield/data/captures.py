@@ -39,7 +39,17 @@ import numpy as np
 import torch
 
 from gridfield import memory
-from gridfield.data.blender import BlenderSplit, _downscale, _load_rgba, _number, _pose, check_pose, load_blender
+from gridfield.data.blender import (
+    BlenderSplit,
+    _downscale,
+    _load_rgba,
+    _number,
+    _pose,
+    _size,
+    check_downscale,
+    check_pose,
+    load_blender,
+)
 from gridfield.errors import InputError, regular_file
 from gridfield.render.rays import Intrinsics
 
@@ -94,7 +104,7 @@ def load_scene(root: str | Path, format: str = "auto", downscale: int = 1,
     if fmt == "blender":
         return (load_blender(root, "train", downscale, background), load_blender(root, "test", downscale, background),
                 SceneInfo("blender"))
-    _check_downscale(downscale)
+    check_downscale(downscale)
     if fmt == "transforms":
         images, alphas, c2w, K, names, info = _read_transforms(Path(root), downscale, background, missing)
     elif fmt == "llff":
@@ -190,15 +200,13 @@ def _camera_from_meta(meta: dict, where: str, width: int, height: int) -> Intrin
 
 
 def _image_size(meta: dict, where: str) -> tuple[int, int] | None:
+    """``(w, h)`` of a camera (both required once either is given), None without them."""
     if "w" not in meta and "h" not in meta:
         return None
-    vals = []
     for key in ("w", "h"):
-        v = meta.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or v < 1:
-            raise InputError(f"{where}: {key!r} must be a positive whole number of pixels, got {v!r}")
-        vals.append(int(v))
-    return vals[0], vals[1]
+        if key not in meta:
+            raise InputError(f"{where}: {key!r} must be a positive whole number of pixels, got None")
+    return _size(meta, "w", where), _size(meta, "h", where)
 
 
 def _read_transforms(root: Path, downscale: int, background, missing: str):
@@ -400,9 +408,3 @@ def _read_colmap(root: Path, downscale: int):
         raise InputError(f"{where}: the images are {iw}x{ih}, the camera {K.width}x{K.height}")
     info = SceneInfo("colmap", extra={"points3D": int(rec.num_points3D())})
     return images, None, np.stack(c2w), K, [im.name for im in imgs], info
-
-
-def _check_downscale(downscale) -> None:
-    if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not downscale >= 1 \
-            or int(downscale) != downscale:
-        raise InputError(f"downscale must be a positive integer, got {downscale!r}")
