@@ -133,12 +133,65 @@ def run(threads: int = 1, repeats: int = 7, n: int = N_POINTS) -> list[dict]:
     return rows
 
 
+def hash_pairs() -> list[tuple[str, dict, dict, int]]:
+    """``(label, HashGrid kwargs, MulFAGrid kwargs, points)``: each task's hash preset beside the MulFAGrid
+    preset on the same levels (equal parameters up to the kernels, at most 1%)."""
+    from gridfield import presets
+
+    out = []
+    for task, model, n in (("image", "mulfagrid", 1 << 16), ("sdf", "mulfagrid", 1 << 14)):
+        h = dict(presets.get(task, "hash").grid_kwargs)
+        m = dict(presets.get(task, model).grid_kwargs)
+        out.append((f"{task} presets (dim {2 if task == 'image' else 3})", h, m, n))
+    nerf_m = dict(presets.get("nerf", "mulfagrid-hash").density.kwargs)
+    nerf_h = dict(presets.get("nerf", "hash").density.kwargs)
+    out.append(("nerf presets (density grid, dim 3)", nerf_h, nerf_m, 1 << 16))
+    return out
+
+
+def versus_hash(threads: int = 1, repeats: int = 5) -> list[dict]:
+    """Fast forward + backward of each MulFAGrid preset and the hash preset on the same levels, interleaved in
+    one process; ``ratio`` = MulFAGrid / hash time (the issue's target: at most 2)."""
+    import torch
+
+    from gridfield.grids import HashGrid, MulFAGrid
+    from gridfield.models import count_parameters
+
+    _set_threads(threads)
+    rows = []
+    for label, hk, mk, n in hash_pairs():
+        dim = 2 if "dim 2" in label else 3
+        torch.manual_seed(0)
+        grids = {"hash": HashGrid(dim, **hk), "mulfagrid": MulFAGrid(dim, **mk)}
+        x = torch.rand(n, dim) * 2 - 1
+        cts = {k: torch.randn(n, g.out_dim) for k, g in grids.items()}
+
+        def step(name: str, grids=grids, x=x, cts=cts) -> None:
+            g = grids[name]
+            g.zero_grad(set_to_none=True)
+            (g(x) * cts[name]).sum().backward()
+
+        for name in grids:
+            step(name)
+        times: dict[str, list[float]] = {k: [] for k in grids}
+        for _ in range(repeats):
+            for name in grids:
+                times[name].append(_timed(lambda name=name: step(name)))
+        t = {k: statistics.median(v) for k, v in times.items()}
+        rows.append({"config": label, "threads": threads, "points": n,
+                     "params_hash": count_parameters(grids["hash"]),
+                     "params_mulfagrid": count_parameters(grids["mulfagrid"]),
+                     "hash_ms": round(t["hash"] * 1e3, 1), "mulfagrid_ms": round(t["mulfagrid"] * 1e3, 1),
+                     "ratio": round(t["mulfagrid"] / t["hash"], 2)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    for row in run(args.threads, args.repeats):
+    for row in run(args.threads, args.repeats) + versus_hash(args.threads):
         print(row, flush=True)
 
 

@@ -7,12 +7,13 @@ in a subprocess).
 
 Usage: ``python benchmarks/speed.py [--threads 2] [--nerf-seconds 20] [--nerf-threads 1 2]
 [--only grids mulfa nerf] [--compile-cost] [--no-record]``. Writes ``benchmarks/results/speed.json`` and its section of
-``docs/benchmarks.md``.
+``docs/benchmarks.md``; the sections not rerun (``--only``) keep their earlier rows (dated in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def main() -> None:
         import _speed_mulfa
 
         results["mulfa"] = _speed_mulfa.run(args.threads)
+        results["mulfa_vs_hash"] = _speed_mulfa.versus_hash(args.threads)
     if "nerf" in args.only:
         import _speed_nerf
 
@@ -95,6 +97,12 @@ def main() -> None:
         print(f"== {name}\n{table(rows)}", flush=True)
     if args.no_record:
         return
+    old_path = Path(__file__).resolve().parent / "results" / "speed.json"
+    old = json.loads(old_path.read_text()) if old_path.exists() else {}
+    kept = [k for k in ("compile", "grids", "mulfa", "mulfa_vs_hash", "nerf") if k in old and k not in results]
+    results = {**{k: old[k] for k in kept}, **results}  # sections not rerun keep their (dated) rows
+    if kept:
+        print(f"kept from {old_path.name} (not rerun, measured {old.get('machine', {}).get('date')}): {kept}")
     m = machine()
     md = (f"## Fast paths (`benchmarks/speed.py`)\n\n{m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
           f"{args.threads} thread(s) for both torch and the C++ kernels (NeRF: the threads column); "
@@ -103,6 +111,8 @@ def main() -> None:
     titles = {"compile": "First use: building each C++ extension (fresh cache) and loading it cached",
               "grids": "Grid encodings, forward + backward (table gradients), and the eikonal double backward",
               "mulfa": "MulFAGrid forward + backward (features and kernel-network gradients)",
+              "mulfa_vs_hash": "MulFAGrid presets vs the hash presets on the same levels (fast paths, forward + "
+                               "backward; target ratio <= 2)",
               "nerf": "NeRF training throughput, lego 400x400, default model"}
     for name, rows in results.items():
         md += f"\n### {titles.get(name, name)}\n\n{table(rows)}\n"

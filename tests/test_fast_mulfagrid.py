@@ -1,7 +1,8 @@
 """MulFAGrid fast path (fused C++ kernel, ``gridfield.fast.mulfa``) against the plain-PyTorch reference.
 
 Forward values and the gradients of the features and of every kernel parameter through a random
-cotangent, both forms, dense and plane layouts (sum and product), 2D and 3D.
+cotangent, both forms, dense, plane (sum and product) and hash layouts (own and shared kernel networks),
+2D and 3D.
 Tolerances: float64 ``rtol = 1e-10, atol = 1e-12`` (the kernel evaluates the same equations; sin/cos and
 softplus are its own ~1 ulp routines). float32: forward ``rtol = atol = 2e-5`` (features ~N(0, 1));
 gradients are compared with the float64 reference: the fast path's float32 error must be at most 3x the
@@ -31,8 +32,15 @@ def make(dim, layout="dense", form="stable", res=(5, 9), dtype=torch.float64, wi
          aggregate=None, seed=0, **kw):
     torch.manual_seed(seed)
     extra = {} if aggregate is None else {"aggregate": aggregate}
-    g = MulFAGrid(dim, list(res), 3, layout=layout, form=form, frequencies=2, width=width, layers=layers,
-                  filter_scale=2.0, **extra, **kw).to(dtype)
+    if layout == "hash":  # dense and hashed levels (2^7 rows), points outside [-1, 1] wrap as in tcnn
+        extra |= {"n_levels": 3, "log2_hashmap_size": 7, "base_resolution": 3, "finest_resolution": 20.0}
+        res = None
+    elif layout == "hash-shared":
+        extra |= {"n_levels": 3, "log2_hashmap_size": 7, "base_resolution": 3, "finest_resolution": 20.0,
+                  "share_kernel": True}
+        layout, res = "hash", None
+    g = MulFAGrid(dim, None if res is None else list(res), 3, layout=layout, form=form, frequencies=2,
+                  width=width, layers=layers, filter_scale=2.0, **extra, **kw).to(dtype)
     with torch.no_grad():
         g.features.normal_()
     return g
@@ -55,7 +63,8 @@ def run(grid, x, ct, backend):
 
 
 CASES = [(2, "dense", None), (3, "dense", None), (2, "planes", "sum"), (3, "planes", "sum"),
-         (2, "planes", "product"), (3, "planes", "product")]
+         (2, "planes", "product"), (3, "planes", "product"), (2, "hash", None), (3, "hash", None),
+         (2, "hash-shared", None)]
 
 
 @pytest.mark.parametrize("form", ["stable", "paper"])

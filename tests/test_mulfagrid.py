@@ -161,8 +161,10 @@ def test_division_safety():
 def test_bad_input():
     with pytest.raises(ValueError, match="form"):
         MulFAGrid(2, 8, form="literal")
-    with pytest.raises(ValueError, match="cannot wrap a HashGrid"):
-        MulFAGrid(2, layout=HashGrid(2))
+    with pytest.raises(ValueError, match="cannot wrap a PlaneHashLike"):
+        MulFAGrid(2, layout=PlaneHashLike(2, 2, 2, 8))
+    with pytest.raises(ValueError, match="not resolutions"):
+        MulFAGrid(2, 16, layout="hash")
     with pytest.raises(ValueError, match="layout 'octree'"):
         MulFAGrid(2, layout="octree")
     with pytest.raises(ValueError, match="resolutions >= 2"):
@@ -232,3 +234,92 @@ def test_support_gives_exact_gtk(layout_kwargs):
     structured = gtk(field, x, implementation="structured").matrix
     np.testing.assert_allclose(structured.toarray(), ref, rtol=1e-10, atol=1e-14)
 
+
+
+class PlaneHashLike(HashGrid):
+    """A HashGrid subclass with its own support: MulFAGrid cannot know its lattice, so it refuses it."""
+
+    def support(self, x):
+        return super().support(x)
+
+
+HASH = {"n_levels": 4, "log2_hashmap_size": 8, "base_resolution": 3, "finest_resolution": 40.0}
+
+
+def hash_pair(dim, **kw):
+    """A MulFAGrid on a hash layout (dense and hashed levels) and the HashGrid with the same table."""
+    torch.manual_seed(0)
+    grid = MulFAGrid(dim, None, 2, layout="hash", frequencies=2, width=6, layers=2, filter_scale=2.0,
+                     **HASH, **kw).double()
+    ref = HashGrid(dim, features_per_level=2, backend="reference", **HASH).double()
+    with torch.no_grad():
+        grid.features.normal_()
+        ref.features.copy_(grid.features)
+    return grid, ref
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_hash_layout_is_hash_grid_with_flat_filters(dim):
+    """theta = 0 on every level: the stable kernel reduces to the HashGrid's own n-linear weights."""
+    grid, ref = hash_pair(dim)
+    assert grid.layout.hashed_levels() and len(grid.layout.hashed_levels()) < 4  # dense and hashed levels
+    with torch.no_grad():
+        for k in grid.kernels:
+            k.filter_freq.zero_()
+    x = torch.rand(400, dim, dtype=torch.float64) * 2 - 1
+    for backend in ("reference", "fast"):
+        grid.backend = backend
+        torch.testing.assert_close(grid(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+def test_hash_layout_partition_of_unity_and_rows():
+    grid, ref = hash_pair(2)
+    x = torch.rand(300, 2, dtype=torch.float64) * 2 - 1
+    for t, h in zip(grid.support(x), ref.support(x)):
+        assert torch.equal(t.index, h.index)
+        assert (t.weight >= 0).all() and ((t.weight > 0) == (h.weight > 0)).all()
+        torch.testing.assert_close(t.weight.sum(1), torch.ones(300, dtype=torch.float64), rtol=0, atol=1e-14)
+    assert not torch.allclose(grid(x), ref(x))  # the learned kernel does change the weights
+
+
+def test_shared_kernel_equals_tied_copies():
+    """share_kernel=True: one network, per-level filters; outputs equal separate networks holding copies of
+    it, and the shared tensors' gradients are the sums of the copies' gradients."""
+    shared, _ = hash_pair(2, share_kernel=True)
+    own, _ = hash_pair(2)
+    with torch.no_grad():
+        own.features.copy_(shared.features)
+        for a, b in zip(own.kernels, shared.kernels):
+            for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+                assert na == nb
+                pa.copy_(pb)
+    n_own = sum(p.numel() for p in own.parameters())
+    n_shared = sum(p.numel() for p in shared.parameters())
+    net = sum(p.numel() for n, p in own.kernels[0].named_parameters() if not n.startswith("filter_"))
+    assert n_own - n_shared == 3 * net  # the three other levels' networks are gone, their filters stay
+    x = torch.rand(200, 2, dtype=torch.float64) * 2 - 1
+    ct = torch.randn(200, shared.out_dim, dtype=torch.float64)
+    for backend in ("reference", "fast"):
+        shared.backend = own.backend = backend
+        shared.zero_grad()
+        own.zero_grad()
+        ya, yb = shared(x), own(x)
+        torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+        (ya * ct).sum().backward()
+        (yb * ct).sum().backward()
+        w_own = sum(k.linears[0].weight.grad for k in own.kernels)
+        torch.testing.assert_close(shared.kernels[0].linears[0].weight.grad, w_own, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(shared.kernels[2].filter_freq.grad, own.kernels[2].filter_freq.grad,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_hash_layout_support_gives_exact_gtk():
+    from gridfield.gtk.engine import gtk
+
+    torch.manual_seed(0)
+    field = build_field("mulfagrid", 2, 2, "linear", layout="hash", features_per_level=2, filter_scale=2.0,
+                        share_kernel=True, **HASH).double()
+    x = torch.rand(30, 2, dtype=torch.float64) * 2 - 1
+    ref = np.asarray(gtk(field, x, implementation="reference").matrix)
+    structured = gtk(field, x, implementation="structured").matrix
+    np.testing.assert_allclose(structured.toarray(), ref, rtol=1e-10, atol=1e-14)

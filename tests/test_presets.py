@@ -23,13 +23,15 @@ from gridfield.tasks.sdf import load_sdf_checkpoint
 #: (image RGB at 300K: the table in ``presets/image.py``; SDF at 2M; NeRF at resolution 128).
 COUNTS = [
     ("image", "dense", {}, 299_568), ("image", "hash", {}, 286_387), ("image", "planes", {}, 299_463),
-    ("image", "mulfagrid", {}, 298_652), ("image", "mulfagrid-paper", {}, 298_652),
+    ("image", "mulfagrid", {}, 289_313), ("image", "mulfagrid-paper", {}, 289_313),
+    ("image", "mulfagrid-dense", {}, 298_652), ("image", "mulfagrid-dense", {"out_dim": 1}, 299_093),
     ("image", "ffmlp", {}, 288_867), ("image", "mfn", {}, 297_651),
     ("image", "dense", {"out_dim": 1}, 299_209), ("image", "hash", {"out_dim": 1}, 286_257),
-    ("image", "planes", {"out_dim": 1}, 298_221), ("image", "mulfagrid", {"out_dim": 1}, 299_093),
+    ("image", "planes", {"out_dim": 1}, 298_221), ("image", "mulfagrid", {"out_dim": 1}, 289_183),
     ("image", "ffmlp", {"out_dim": 1}, 288_321), ("image", "mfn", {"out_dim": 1}, 297_025),
     ("sdf", "dense", {}, 1_946_737), ("sdf", "hash", {}, 1_533_969), ("sdf", "planes", {}, 2_070_209),
-    ("sdf", "mulfagrid", {}, 1_950_196),
+    ("sdf", "mulfagrid", {}, 1_536_281), ("sdf", "mulfagrid-paper", {}, 1_536_281),
+    ("sdf", "mulfagrid-dense", {}, 1_950_196), ("nerf", "mulfagrid-hash", {}, 12_210_419),
     ("nerf", "dense", {}, 3_413_635), ("nerf", "hash", {}, 12_205_795), ("nerf", "planes", {}, 844_691),
     ("nerf", "mulfagrid", {}, 2_105_876),
     ("nerf", "dense", {"appearance": "sh"}, 7_340_032), ("nerf", "hash", {"appearance": "sh"}, 12_200_172),
@@ -47,9 +49,11 @@ def all_specs():
 
 
 def test_models_of_every_task():
-    assert presets.models("image") == ["dense", "hash", "planes", "mulfagrid", "mulfagrid-paper", "ffmlp", "mfn"]
-    assert presets.models("sdf") == ["dense", "hash", "planes", "mulfagrid"]
-    assert presets.models("nerf") == ["dense", "hash", "planes", "mulfagrid", "hash-small", "hash-large"]
+    assert presets.models("image") == ["dense", "hash", "planes", "mulfagrid", "mulfagrid-paper", "mulfagrid-dense",
+                                       "ffmlp", "mfn"]
+    assert presets.models("sdf") == ["dense", "hash", "planes", "mulfagrid", "mulfagrid-paper", "mulfagrid-dense"]
+    assert presets.models("nerf") == ["dense", "hash", "planes", "mulfagrid", "hash-small", "hash-large",
+                                      "mulfagrid-hash"]
     assert presets.models("analyses") == list(ANALYSIS_COUNTS)
     assert {t for t, *_ in COUNTS} | {"analyses"} == set(presets.TASKS)
     for task in ("image", "sdf", "nerf"):  # every model is counted

@@ -47,6 +47,10 @@ class MulFATerm:
     frequencies: int
     layers: int
     channels: tuple[int, int]
+    hash_scale: float | None = None  # a hash level: tcnn's scale (see grids.mulfagrid.Lattice)
+    hashed: bool = False
+    size: int = 0
+    factors: tuple[int, ...] = ()
 
     @property
     def n_params(self) -> int:
@@ -143,11 +147,13 @@ class _Terms(torch.autograd.Function):
 
 
 def _split(spec: MulFASpec, params):
-    """Per term: ``((axes, r, offset, L, form, paper_eps, floor), its parameter list)``."""
+    """Per term: ``((axes, r, offset, L, form, paper_eps, floor, hash_level), its parameter list)``;
+    ``hash_level`` is ``[]`` or ``[scale, hashed, size, *factors]`` (a hash level)."""
     i, form = 0, FORM_CODES[spec.form]
     for t in spec.terms:
-        yield (list(t.axes), t.resolution, t.offset, t.frequencies, form, spec.paper_eps, spec.floor), \
-            params[i : i + t.n_params]
+        hash_level = [] if t.hash_scale is None else [t.hash_scale, float(t.hashed), t.size, *t.factors]
+        yield (list(t.axes), t.resolution, t.offset, t.frequencies, form, spec.paper_eps, spec.floor,
+               [float(v) for v in hash_level]), params[i : i + t.n_params]
         i += t.n_params
 
 

@@ -38,7 +38,8 @@ class MulFAKernel(nn.Module):
 
     Args:
         dim: number of lattice axes ``a`` (2 or 3 for a dense grid, 2 for a plane).
-        resolution: nodes per axis ``R`` (sets ``Omega_k = (R - 1) / 2 * theta_k``).
+        resolution: nodes per axis ``R`` (sets ``Omega_k = (R - 1) / 2 * theta_k``); a hash level passes
+            ``scale + 1`` (a float).
         frequencies: Fourier octaves ``L`` of the query encoding.
         width: hidden width of the filter layers.
         layers: number of multiplicative filter layers (``>= 1``).
@@ -50,7 +51,7 @@ class MulFAKernel(nn.Module):
     (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), filter phases ``psi_k ~ U(-pi, pi)``.
     """
 
-    def __init__(self, dim: int, resolution: int, frequencies: int = 4, width: int = 16, layers: int = 3,
+    def __init__(self, dim: int, resolution: float, frequencies: int = 4, width: int = 16, layers: int = 3,
                  filter_scale: float = 0.5, out_scale: float = 1.0, out_bias: float = 1.0) -> None:
         super().__init__()
         if layers < 1 or width < 1 or frequencies < 1:

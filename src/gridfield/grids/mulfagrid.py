@@ -27,7 +27,7 @@ reference.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -36,8 +36,10 @@ from torch import Tensor, nn
 
 from gridfield.fast import mulfa as fm
 from gridfield.fast._build import check_backend
+from gridfield.functional.hashing import axis_factors
 from gridfield.grids.base import Grid, Support, check_points, interpolate
 from gridfield.grids.dense import DenseGrid
+from gridfield.grids.hash import HashGrid
 from gridfield.grids.mulfa_kernel import MulFAKernel
 from gridfield.grids.planes import PlaneGrid
 
@@ -49,38 +51,81 @@ FORM_DEFAULTS: dict[str, dict[str, float]] = {
 }
 
 
-def lattice_terms(layout: Grid) -> list[tuple[int, tuple[int, ...], int]]:
-    """``(resolution, axes, row offset)`` of each term of ``layout.support`` (same order).
+@dataclass(frozen=True)
+class Lattice:
+    """One support term's lattice, in grid units (the kernel network's coordinates).
 
-    Supported layouts: :class:`DenseGrid` and ``PlaneGrid``; anything else raises ``ValueError``.
+    axes: the input axes it spans; resolution: nodes per axis; offset: its first table row;
+    half_cells: ``Omega = theta * half_cells`` and ``v_hat = v / half_cells - 1`` for a vertex ``v`` in
+    grid units. Dense and plane lattices (``hash_scale is None``) map ``u = (x + 1) half_cells``, clamped
+    to ``[0, R - 1]``; a hash level maps tcnn's ``u = (x + 1) / 2 * scale + 0.5`` unclamped (``HashGrid``)
+    and finds its rows by ``factors`` (primes when ``hashed``, else strides) modulo ``size``.
+    """
+
+    axes: tuple[int, ...]
+    resolution: int
+    offset: int
+    half_cells: float
+    hash_scale: float | None = None
+    hashed: bool = False
+    size: int = 0
+    factors: tuple[int, ...] = ()
+
+
+def lattice_terms(layout: Grid) -> list[Lattice]:
+    """The :class:`Lattice` of each term of ``layout.support`` (same order).
+
+    Supported layouts: :class:`DenseGrid`, ``PlaneGrid`` and :class:`HashGrid`; anything else raises
+    ``ValueError``.
     """
     if isinstance(layout, DenseGrid):
         axes = tuple(range(layout.in_dim))
-        return [(r, axes, off) for r, off in zip(layout.resolutions, layout.offsets)]
+        return [Lattice(axes, r, off, 0.5 * (r - 1)) for r, off in zip(layout.resolutions, layout.offsets)]
     if isinstance(layout, PlaneGrid):
-        return [(r, tuple(a), layout.offsets[lv][p]) for lv, r in enumerate(layout.resolutions)
-                for p, a in enumerate(layout.axes)]
+        return [Lattice(tuple(a), r, layout.offsets[lv][p], 0.5 * (r - 1))
+                for lv, r in enumerate(layout.resolutions) for p, a in enumerate(layout.axes)]
+    if isinstance(layout, HashGrid) and type(layout).support is HashGrid.support:
+        axes = tuple(range(layout.in_dim))
+        return [Lattice(axes, r, layout.offsets[lv], 0.5 * s, s, h, m, tuple(axis_factors(r, layout.in_dim, h)))
+                for lv, (r, s, h, m) in enumerate(zip(layout.resolutions, layout.scales, layout._hashed,
+                                                      layout.level_sizes))]
     raise ValueError(f"MulFAGrid cannot wrap a {type(layout).__name__} layout; "
-                     "use a DenseGrid or a PlaneGrid (or layout='dense' / 'planes')")
+                     "use a DenseGrid, PlaneGrid or HashGrid (or layout='dense' / 'planes' / 'hash')")
 
 
 def term_channels(layout: Grid) -> list[tuple[int, int]]:
     """``(start, stop)`` output channels of each term of ``layout.support`` (same order as :func:`lattice_terms`)."""
     f = layout.features_per_level
+    if isinstance(layout, HashGrid):
+        return [(lv * f, (lv + 1) * f) for lv in range(layout.n_levels)]
     per_level = 1 if isinstance(layout, DenseGrid) else len(layout.axes)
     return [(lv * f, (lv + 1) * f) for lv in range(len(layout.resolutions)) for _ in range(per_level)]
 
 
-def make_layout(layout: str | Grid, dim: int, resolutions: int | Sequence[int], features_per_level: int,
+LAYOUTS = ("dense", "planes", "hash")
+
+
+def make_layout(layout: str | Grid, dim: int, resolutions: int | Sequence[int] | None, features_per_level: int,
                 **kwargs: Any) -> Grid:
-    """A layout instance from a name (``"dense"``, ``"planes"``) or the instance itself."""
+    """A layout instance from a name (``"dense"``, ``"planes"``, ``"hash"``) or the instance itself.
+
+    ``resolutions`` (default 64) sets the dense and plane lattices; a hash layout takes ``HashGrid``'s
+    own arguments (``n_levels``, ``log2_hashmap_size``, ``base_resolution``, ``finest_resolution`` ...)
+    in ``kwargs`` and refuses ``resolutions``.
+    """
     if isinstance(layout, Grid):
         return layout
+    if layout == "hash":
+        if resolutions is not None:
+            raise ValueError("MulFAGrid(layout='hash') takes n_levels / base_resolution / finest_resolution, "
+                             "not resolutions")
+        return HashGrid(dim, features_per_level=features_per_level, backend="reference", **kwargs)
+    resolutions = 64 if resolutions is None else resolutions
     if layout == "dense":
         return DenseGrid(dim, resolutions, features_per_level, **kwargs)
     if layout == "planes":
         return PlaneGrid(dim, resolutions, features_per_level, backend="reference", **kwargs)
-    raise ValueError(f"unknown MulFAGrid layout {layout!r}; choose 'dense' or 'planes' (or pass a Grid)")
+    raise ValueError(f"unknown MulFAGrid layout {layout!r}; choose one of {list(LAYOUTS)} (or pass a Grid)")
 
 
 class MulFAGrid(Grid):
@@ -103,12 +148,12 @@ class MulFAGrid(Grid):
     and the kernel parameters. Example: ``MulFAGrid(2, [64, 128], 4, form="stable")(x)`` -> ``[N, 8]``.
     """
 
-    def __init__(self, dim: int, resolutions: int | Sequence[int] = 64, features_per_level: int = 2,
+    def __init__(self, dim: int, resolutions: int | Sequence[int] | None = None, features_per_level: int = 2,
                  layout: str | Grid = "dense", form: Literal["paper", "stable"] = "stable",
                  frequencies: int = 4, width: int = 16, layers: int = 3, filter_scale: float = 0.5,
                  out_scale: float | None = None, out_bias: float | None = None,
-                 paper_eps: float = 1e-3, floor: float = 1e-6, backend: str = "auto",
-                 **layout_kwargs: Any) -> None:
+                 paper_eps: float = 1e-3, floor: float = 1e-6, share_kernel: bool = False,
+                 backend: str = "auto", **layout_kwargs: Any) -> None:
         super().__init__()
         check_backend(backend)  # validates the name; "auto" is resolved per call
         if form not in FORMS:
@@ -129,9 +174,13 @@ class MulFAGrid(Grid):
         self.form, self.paper_eps, self.floor = form, paper_eps, floor
         kw = dict(FORM_DEFAULTS[form])
         kw.update({k: v for k, v in (("out_scale", out_scale), ("out_bias", out_bias)) if v is not None})
-        self.kernels = nn.ModuleList(
-            MulFAKernel(len(axes), r, frequencies, width, layers, filter_scale, **kw)
-            for r, axes, _ in self.lattices)
+        self.share_kernel = bool(share_kernel)
+        kernels = [MulFAKernel(len(t.axes), 2 * t.half_cells + 1, frequencies, width, layers, filter_scale, **kw)
+                   for t in self.lattices]
+        if self.share_kernel:  # one network (every term has as many axes); each keeps its own filters
+            for k in kernels[1:]:
+                k.linears, k.out = kernels[0].linears, kernels[0].out
+        self.kernels = nn.ModuleList(kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         """Features ``[N, out_dim]`` at ``x`` ``[N, dim]``: the fused kernel or the reference (``backend``)."""
@@ -144,8 +193,9 @@ class MulFAGrid(Grid):
 
     def fast_spec(self) -> fm.MulFASpec:
         """The plain numbers of this grid for the fused kernel (:class:`gridfield.fast.mulfa.MulFASpec`)."""
-        terms = tuple(fm.MulFATerm(tuple(axes), r, off, k.frequencies, len(k.linears), ch)
-                      for (r, axes, off), k, ch in zip(self.lattices, self.kernels, self.term_channels))
+        terms = tuple(fm.MulFATerm(t.axes, t.resolution, t.offset, k.frequencies, len(k.linears), ch,
+                                   t.hash_scale, t.hashed, t.size, t.factors)
+                      for t, k, ch in zip(self.lattices, self.kernels, self.term_channels))
         return fm.MulFASpec(terms, self.form, float(self.paper_eps), float(self.floor), self.aggregate, self.out_dim)
 
     def kernel_tensors(self) -> list[Tensor]:
@@ -167,12 +217,21 @@ class MulFAGrid(Grid):
 
     def raw_kernels(self, x: Tensor, index: Tensor, term: int) -> Tensor:
         """Raw kernel ``[N, K]`` of support term ``term`` at points ``x`` and its activated rows ``index``."""
-        r, axes, off = self.lattices[term]
-        xs = x[:, list(axes)]
-        u = ((xs + 1) * (0.5 * (r - 1))).clamp(0, r - 1)  # grid units, [N, a]
-        local = index - off
-        coords = torch.stack([torch.div(local, r**j, rounding_mode="floor") % r for j in range(len(axes))], -1)
-        v_hat = coords.to(x.dtype) * (2.0 / (r - 1)) - 1  # [N, K, a]
+        lat = self.lattices[term]
+        xs = x[:, list(lat.axes)]
+        a = len(lat.axes)
+        if lat.hash_scale is not None:  # tcnn's mapping (HashGrid.all_levels_support); rows may be hashed
+            u = (xs + 1) * 0.5 * lat.hash_scale + 0.5  # grid units, [N, a]
+            cell = torch.floor(u.detach())
+            bits = torch.tensor([[(k >> j) & 1 for j in range(a)] for k in range(2**a)], dtype=x.dtype,
+                                device=x.device)
+            coords = cell.unsqueeze(1) + bits  # [N, K, a], corner order of the support
+        else:
+            r = lat.resolution
+            u = ((xs + 1) * lat.half_cells).clamp(0, r - 1)  # grid units, [N, a]
+            local = index - lat.offset
+            coords = torch.stack([torch.div(local, r**j, rounding_mode="floor") % r for j in range(a)], -1)
+        v_hat = coords.to(x.dtype) * (1.0 / lat.half_cells) - 1  # [N, K, a]
         return self.kernels[term](u, v_hat)
 
     def support(self, x: Tensor) -> list[Support]:

@@ -77,23 +77,28 @@ def hash_grid_params(dim: int, n_levels: int, features: int, log2_hashmap_size: 
                           for lv in range(n_levels))
 
 
-def hash_spec(out_dim: int, budget: int, decoder: str | None) -> FieldSpec:
-    """Instant-NGP image settings (F = 2, base 16, finest 1024, MLP decoder) filling the budget.
-
-    Among ``n_levels`` in 12..16 and table sizes ``2^T``, the largest grid within the budget (ties:
-    more levels). At 300K/RGB: 14 levels, ``T = 14``: 280,176 grid + 6,211 MLP = 286,387 params.
-    """
-    decoder = decoder or "mlp"
+def hash_levels(out_dim: int, budget: int, decoder: str, per_level: int = 0) -> tuple[int, int]:
+    """``(n_levels, T)`` of the largest Instant-NGP image grid (F = 2, base 16, finest 1024) that fits
+    ``budget`` with ``decoder`` and ``per_level`` more parameters per level (a MulFAGrid's kernels);
+    ``n_levels`` in 12..16, ties: more levels."""
     best, best_count = (16, 8), -1
     for levels in range(16, 11, -1):
-        grid_budget = budget - decoder_params(decoder, 2 * levels, out_dim)
+        grid_budget = budget - decoder_params(decoder, 2 * levels, out_dim) - per_level * levels
         for t in range(8, 25):
             n = hash_grid_params(2, levels, 2, t, 16, HASH_FINEST)
             if n > grid_budget:
                 break
             if n > best_count:
                 best, best_count = (levels, t), n
-    levels, t = best
+    return best
+
+
+def hash_spec(out_dim: int, budget: int, decoder: str | None) -> FieldSpec:
+    """Instant-NGP image settings (F = 2, base 16, finest 1024, MLP decoder) filling the budget
+    (:func:`hash_levels`). At 300K/RGB: 14 levels, ``T = 14``: 280,176 grid + 6,211 MLP = 286,387 params.
+    """
+    decoder = decoder or "mlp"
+    levels, t = hash_levels(out_dim, budget, decoder)
     return _spec("hash", out_dim, decoder, n_levels=levels, features_per_level=2, log2_hashmap_size=t,
                  base_resolution=16, finest_resolution=float(HASH_FINEST))
 
@@ -106,6 +111,22 @@ def planes_spec(out_dim: int, budget: int, decoder: str | None) -> FieldSpec:
     fixed = decoder_params(decoder, 0, out_dim)
     f = max(1, (budget - fixed) // per_f)
     return _spec("planes", out_dim, decoder, resolutions=res, features_per_level=f, aggregate="product")
+
+
+#: The kernel network of the multi-resolution MulFAGrid presets (docs/mulfagrid.md, "Presets"): one
+#: multiplicative filter layer of width 16 on two Fourier octaves of the level's grid coordinates.
+MULFA_HASH_KERNEL = {"frequencies": 2, "width": 16, "layers": 1}
+
+
+def mulfagrid_hash_spec(out_dim: int, budget: int, decoder: str | None, form: str = "stable") -> FieldSpec:
+    """MulFAGrid on the hash preset's levels (:func:`hash_levels`, the kernels counted in the budget):
+    each level's n-linear weights replaced by its learned kernel (:data:`MULFA_HASH_KERNEL`); MLP decoder."""
+    decoder = decoder or "mlp"
+    per_level = count_parameters(MulFAKernel(2, 2, **MULFA_HASH_KERNEL))
+    levels, t = hash_levels(out_dim, budget, decoder, per_level)
+    return _spec("mulfagrid", out_dim, decoder, layout="hash", form=form, n_levels=levels, features_per_level=2,
+                 log2_hashmap_size=t, base_resolution=16, finest_resolution=float(HASH_FINEST),
+                 **MULFA_HASH_KERNEL)
 
 
 def mulfagrid_spec(out_dim: int, budget: int, decoder: str | None, form: str = "stable") -> FieldSpec:
@@ -135,8 +156,9 @@ def _widest(model: str, out_dim: int, budget: int, width_key: str = "width", **k
 
 MULFA_KERNEL_LR = 1e-2
 IMAGE_PRESETS_EXTRA: dict[str, Callable[[int, int, str | None], FieldSpec]] = {
-    "mulfagrid": mulfagrid_spec,
-    "mulfagrid-paper": lambda o, b, d: mulfagrid_spec(o, b, d, form="paper"),
+    "mulfagrid": mulfagrid_hash_spec,  # the best variant on images (docs/mulfagrid.md)
+    "mulfagrid-paper": lambda o, b, d: mulfagrid_hash_spec(o, b, d, form="paper"),
+    "mulfagrid-dense": mulfagrid_spec,
     "ffmlp": lambda o, b, d: _widest("ffmlp", o, b, depth=3, num_features=256, seed=0),
     "mfn": lambda o, b, d: _widest("mfn-fourier", o, b, n_layers=3),
 }
@@ -157,8 +179,9 @@ IMAGE_LR: dict[str, tuple[float, float]] = {
     "dense": (1e-1, 1e-2),
     "hash": (1e-2, 1e-2),
     "planes": (1e-1, 1e-2),
-    "mulfagrid": (1e-1, MULFA_KERNEL_LR),  # lr_other trains the kernel (and any decoder)
-    "mulfagrid-paper": (1e-1, MULFA_KERNEL_LR),
+    "mulfagrid": (1e-2, MULFA_KERNEL_LR),  # lr_other trains the kernel (and any decoder)
+    "mulfagrid-paper": (1e-2, MULFA_KERNEL_LR),
+    "mulfagrid-dense": (1e-1, MULFA_KERNEL_LR),
     "ffmlp": (1e-2, 5e-3),  # no grid: only lr_other is used
     "mfn": (1e-2, 1e-2),
 }
@@ -171,7 +194,7 @@ def image_lr(model: str) -> tuple[float, float]:
 
 def image_models() -> list[str]:
     """Models with an image preset whose grid module is available."""
-    available = set(grid_classes()) | set(reference_classes()) | {"mulfagrid-paper"}
+    available = set(grid_classes()) | set(reference_classes()) | {"mulfagrid-paper", "mulfagrid-dense"}
     return [m for m in IMAGE_PRESETS if m in available]
 
 

@@ -11,7 +11,8 @@ Instant-NGP's unit cube (which holds 3 NeRF-synthetic units, so ``2048 * 2 s / 3
 ``[-s, s]^3``); a density MLP with one hidden layer of 64 whose first of 16 outputs is the density
 (truncated exp), a colour MLP of 2 x 64 on the other 15 outputs and the degree-4 (16-coefficient)
 spherical-harmonics encoding of the view direction; Adam at 1e-2 for everything. ``hash-small``
-(2^17 rows) and ``hash-large`` (2^21 rows) change only the table size.
+(2^17 rows) and ``hash-large`` (2^21 rows) change only the table size; ``mulfagrid-hash`` is the hash
+preset with a MulFA kernel on each level (``presets.image.MULFA_HASH_KERNEL``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import math
 
 from gridfield.errors import InputError
 from gridfield.models import grid_classes
+from gridfield.presets.image import MULFA_HASH_KERNEL
 from gridfield.presets.specs import GridSpec, RadianceSpec
 
-NERF_MODELS = ("dense", "hash", "planes", "mulfagrid", "hash-small", "hash-large")
+NERF_MODELS = ("dense", "hash", "planes", "mulfagrid", "hash-small", "hash-large", "mulfagrid-hash")
 HASH_TABLES = {"hash": 19, "hash-small": 17, "hash-large": 21}  # log2 rows per level
 NGP_FINEST_PER_UNIT = 2048 / 3  # Instant-NGP: 2048 across its unit cube = 3 NeRF-synthetic units
 ALPHA_INIT = 1e-2  # opacity per marching step of the untrained field
@@ -46,6 +48,11 @@ def _grids(model: str, resolution: int, appearance: str, side: float
         finest = float(max(32, round(NGP_FINEST_PER_UNIT * side)))
         return (GridSpec("hash", {"n_levels": 16, "features_per_level": 2, "log2_hashmap_size": HASH_TABLES[model],
                                   "base_resolution": 16, "finest_resolution": finest}), None, 1e-2, 1e-2)
+    if model == "mulfagrid-hash":  # the hash preset's levels, each with a MulFA kernel
+        finest = float(max(32, round(NGP_FINEST_PER_UNIT * side)))
+        return (GridSpec("mulfagrid", {"layout": "hash", "n_levels": 16, "features_per_level": 2,
+                                       "log2_hashmap_size": 19, "base_resolution": 16, "finest_resolution": finest,
+                                       **MULFA_HASH_KERNEL}), None, 1e-2, 1e-2)
     if model == "planes":
         return (GridSpec("planes", {"resolutions": [resolution // 4, resolution], "features_per_level": 16,
                                     "aggregate": "product"}), None, 2e-2, 1e-2)
@@ -73,6 +80,6 @@ def model_spec(model: str, resolution: int = 128, appearance: str | None = None,
     density, color, lr_grid, lr_other = _grids(model, resolution, app, 2 * s)
     field = {"appearance": app, "step": step, "sigma_scale": 1.0 / step,
              "alpha_init": ALPHA_INIT if alpha_init is None else alpha_init}
-    if model in HASH_TABLES:
+    if model in HASH_TABLES or model == "mulfagrid-hash":
         field |= {"density_activation": "trunc_exp", "view_degree": 3}
     return RadianceSpec(density, color, field, (-s, -s, -s, s, s, s), lr_grid, lr_other, model, resolution)

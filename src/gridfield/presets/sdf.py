@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gridfield.errors import InputError
+from gridfield.grids.mulfa_kernel import MulFAKernel
 from gridfield.models import count_parameters, grid_classes
+from gridfield.presets.image import MULFA_HASH_KERNEL
 from gridfield.presets.specs import FieldSpec, Kwargs
 
 MLP = Kwargs({"width": 64, "hidden_layers": 2})
@@ -46,22 +48,32 @@ def _planes(budget: int) -> FieldSpec:
     return _spec("planes", "mlp", {"resolutions": res, "features_per_level": f, "aggregate": "sum"}, MLP)
 
 
-def _mulfagrid(budget: int) -> FieldSpec:
+def _mulfagrid_dense(budget: int) -> FieldSpec:
     """Stable MulFAGrid on the dense preset's layout (``R/4, R/2, R``, ``F = 2``); linear decoder."""
     spec = _dense(budget)
     return replace(spec, model="mulfagrid", grid_kwargs={**spec.grid_kwargs, "layout": "dense", "form": "stable"})
 
 
-#: model name -> spec function ``param_budget -> FieldSpec``.
+def _mulfagrid_hash(budget: int, form: str = "stable") -> FieldSpec:
+    """MulFAGrid on the hash preset's levels (its kernels in the budget: the table shrinks if they do not
+    fit), each level's kernel :data:`~gridfield.presets.image.MULFA_HASH_KERNEL`; MLP 64x2."""
+    kernels = 8 * count_parameters(MulFAKernel(3, 2, **MULFA_HASH_KERNEL))
+    spec = _hash(budget - kernels)
+    return replace(spec, model="mulfagrid", grid_kwargs={**spec.grid_kwargs, "layout": "hash", "form": form,
+                                                         **MULFA_HASH_KERNEL})
+
+
+#: model name -> spec function ``param_budget -> FieldSpec``; ``mulfagrid`` is the best variant on SDFs.
 SDF_PRESETS: dict[str, Callable[[int], FieldSpec]] = {
-    "dense": _dense, "hash": _hash, "planes": _planes, "mulfagrid": _mulfagrid,
+    "dense": _dense, "hash": _hash, "planes": _planes, "mulfagrid": _mulfagrid_hash,
+    "mulfagrid-paper": lambda b: _mulfagrid_hash(b, "paper"), "mulfagrid-dense": _mulfagrid_dense,
 }
 
 
 def sdf_models() -> list[str]:
     """Models with an SDF preset whose grid module is available."""
     available = grid_classes()
-    return [m for m in SDF_PRESETS if m in available]
+    return [m for m in SDF_PRESETS if m.split("-")[0] in available]
 
 
 def sdf_field_spec(model: str, param_budget: int = 2_000_000, decoder: str | None = None) -> FieldSpec:

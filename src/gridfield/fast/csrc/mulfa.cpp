@@ -1,12 +1,14 @@
 // MulFAGrid fused CPU kernel: layout support + MFN kernel network + normalisation + gather, one pass per point.
 //
-// One support term (a dense level or one plane factor) per call. Forward: val [N, F] = sum_k phi_k table[idx_k].
+// One support term (a dense level, one plane factor or one hash level) per call. Forward: val [N, F] = sum_k phi_k table[idx_k].
 // Backward recomputes the per-point forward (nothing big is saved) and returns the gradients of the kernel
 // parameters; the table gradient is accumulated into `dtable`. Gradients wrt x are not computed: the Python
 // side uses the plain-PyTorch reference when x requires grad (eikonal losses need double backward).
 //
 // The equations are those of gridfield/grids/mulfa_kernel.py and mulfagrid.py (the reference):
 //   u = clamp((x + 1) (R - 1) / 2, 0, R - 1), base = clamp(floor(u), 0, R - 2), hat_k = prod_j (1 - |u_j - v_kj|)
+//   (a hash level, HashGrid's tcnn mapping: u = (x + 1) scale / 2 + 0.5, base = floor(u), unclamped; rows
+//   XOR_j (uint32)(v_j) prime_j, or sum_j (uint32)(v_j) stride_j on a dense level, modulo the level's size)
 //   z1 = [sin(pi 2^l u), cos(pi 2^l u)], h0 = W0 z1 + b0
 //   z_0k = h0 * sin(Om_0 v_hat_k + psi_0), z_mk = (W_m z_{m-1,k} + b_m) * sin(Om_m v_hat_k + psi_m)
 //   raw_k = w_out . z_{M-1,k} + b_out, then the "stable" or "paper" normalisation.
@@ -203,6 +205,10 @@ template <typename T>
 struct Term {
   int64_t n, d, a, K, F, L, M, W, D0;  // points, x dim, lattice axes, corners, features, octaves, layers, width, 2La
   int64_t r, offset;
+  bool hash_map, hashed;  // HashGrid level (tcnn mapping, unclamped); its vertices hashed (else strided)
+  int64_t size;           // a hash level's rows (modulus)
+  uint32_t factor[3];     // a hash level's per-axis primes or strides
+  T shift;                // 0.5 on a hash level, else 0
   int64_t axes[3];
   int64_t stride[3];
   int form;  // 0 stable, 1 paper
@@ -295,8 +301,14 @@ GF_INLINE void tile_forward(const Term<T>& t, Tile<T, K>& w, int64_t i0, int64_t
     for (int64_t p = 0; p < P; ++p) {
       const int64_t i = i0 + gmin(p, np - 1);
       T uj = (t.x[i * t.d + t.axes[j]] + T(1)) * t.hc_t;
-      uj = gmin(gmax(uj, T(0)), rmax);
-      const T bj = gmin(gmax(static_cast<T>(__builtin_floor(uj)), T(0)), bmax);
+      T bj;
+      if (t.hash_map) {
+        uj += t.shift;
+        bj = static_cast<T>(__builtin_floor(uj));
+      } else {
+        uj = gmin(gmax(uj, T(0)), rmax);
+        bj = gmin(gmax(static_cast<T>(__builtin_floor(uj)), T(0)), bmax);
+      }
       w.u[j * P + p] = uj;
       w.frac[j * P + p] = uj - bj;
       base[j][p] = static_cast<int64_t>(bj);
@@ -314,6 +326,14 @@ GF_INLINE void tile_forward(const Term<T>& t, Tile<T, K>& w, int64_t i0, int64_t
         w.vhat[j * KP + k * P + p] = static_cast<T>(base[j][p] + bit) * t.step_t - T(1);
       }
       w.hat[k * P + p] = h;
+      if (t.hash_map) {  // tcnn's grid_index in uint32 arithmetic (functional/hashing.py)
+        uint32_t hv = 0;
+        for (int64_t j = 0; j < a; ++j) {
+          const uint32_t c = static_cast<uint32_t>(base[j][p] + ((k >> j) & 1)) * t.factor[j];
+          hv = t.hashed ? (hv ^ c) : (hv + c);
+        }
+        row = t.offset + static_cast<int64_t>(hv % static_cast<uint32_t>(t.size));
+      }
       w.idx[k * P + p] = row;
     }
   for (int64_t q = 0; q < Tile<T, K>::KP; ++q) __builtin_prefetch(t.table + w.idx[q] * t.F);  // rows for the gather
@@ -768,7 +788,8 @@ struct Params {
 
 template <typename T>
 void make_term(Term<T>& t, const torch::Tensor& x, const torch::Tensor& table, const std::vector<int64_t>& axes, int64_t r,
-                  int64_t offset, int64_t L, int64_t form, double paper_eps, double floor_, const Params& P) {
+                  int64_t offset, int64_t L, int64_t form, double paper_eps, double floor_,
+                  const std::vector<double>& hash_level, const Params& P) {
   t.n = x.size(0);
   t.d = x.size(1);
   t.a = static_cast<int64_t>(axes.size());
@@ -791,12 +812,24 @@ void make_term(Term<T>& t, const torch::Tensor& x, const torch::Tensor& table, c
     t.stride[j] = st;
     st *= r;
   }
-  TORCH_CHECK(offset >= 0 && offset + st <= table.size(0), "mulfa: term rows exceed the table");
+  // hash_level: empty (a clamped dense / plane lattice) or {scale, hashed, size, factor_0 .. factor_{a-1}}
+  TORCH_CHECK(hash_level.empty() || static_cast<int64_t>(hash_level.size()) == 3 + t.a,
+              "mulfa: hash_level must be empty or {scale, hashed, size, factors...}");
+  t.hash_map = !hash_level.empty();
+  t.hashed = t.hash_map && hash_level[1] != 0.0;
+  t.size = t.hash_map ? static_cast<int64_t>(hash_level[2]) : 0;
+  for (int64_t j = 0; j < 3; ++j)
+    t.factor[j] = t.hash_map && j < t.a ? static_cast<uint32_t>(hash_level[3 + j]) : 0u;
+  if (t.hash_map) TORCH_CHECK(t.size >= 1 && hash_level[0] > 0, "mulfa: a hash level needs scale > 0, size >= 1");
+  const int64_t rows = t.hash_map ? t.size : st;
+  TORCH_CHECK(offset >= 0 && offset + rows <= table.size(0), "mulfa: term rows exceed the table");
   t.form = static_cast<int>(form);
   t.floor_ = static_cast<T>(floor_);
   t.eps = static_cast<T>(paper_eps);
-  t.hc_t = static_cast<T>(0.5 * (r - 1));
-  t.step_t = static_cast<T>(2.0 / (r - 1));
+  const double half_cells = t.hash_map ? 0.5 * hash_level[0] : 0.5 * (r - 1);
+  t.hc_t = static_cast<T>(half_cells);
+  t.step_t = static_cast<T>(1.0 / half_cells);
+  t.shift = static_cast<T>(t.hash_map ? 0.5 : 0.0);
   t.step = static_cast<double>(t.step_t);
   t.x = x.data_ptr<T>();
   t.table = table.data_ptr<T>();
@@ -879,14 +912,14 @@ void run_forward(const Term<T>& t, T* o) {
 
 torch::Tensor term_forward(torch::Tensor x, torch::Tensor table, std::vector<int64_t> axes, int64_t r,
                            int64_t offset, int64_t L, int64_t form, double paper_eps, double floor_,
-                           torch::Tensor W0, torch::Tensor b0, torch::Tensor Wh, torch::Tensor bh,
+                           std::vector<double> hash_level, torch::Tensor W0, torch::Tensor b0, torch::Tensor Wh, torch::Tensor bh,
                            torch::Tensor theta, torch::Tensor psi, torch::Tensor wout, torch::Tensor bout) {
   Params P{W0, b0, Wh, bh, theta, psi, wout, bout};
   check_inputs(x, table, P);
   auto out = torch::empty({x.size(0), table.size(1)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mulfa_term_forward", [&] {
     Term<scalar_t> t;
-    make_term<scalar_t>(t, x, table, axes, r, offset, L, form, paper_eps, floor_, P);
+    make_term<scalar_t>(t, x, table, axes, r, offset, L, form, paper_eps, floor_, hash_level, P);
     run_forward(t, out.data_ptr<scalar_t>());
   });
   return out;
@@ -926,7 +959,7 @@ void run_backward(const Term<T>& t, const GradLayout& G, const T* dv, bool kerne
 // the table gradient into dtable (when given, i.e. defined).
 std::vector<torch::Tensor> term_backward(torch::Tensor x, torch::Tensor table, std::vector<int64_t> axes, int64_t r,
                                          int64_t offset, int64_t L, int64_t form, double paper_eps, double floor_,
-                                         torch::Tensor W0, torch::Tensor b0, torch::Tensor Wh, torch::Tensor bh,
+                                         std::vector<double> hash_level, torch::Tensor W0, torch::Tensor b0, torch::Tensor Wh, torch::Tensor bh,
                                          torch::Tensor theta, torch::Tensor psi, torch::Tensor wout,
                                          torch::Tensor bout, torch::Tensor dval, bool kernel_grad,
                                          std::optional<torch::Tensor> dtable) {
@@ -942,7 +975,7 @@ std::vector<torch::Tensor> term_backward(torch::Tensor x, torch::Tensor table, s
   std::vector<torch::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mulfa_term_backward", [&] {
     Term<scalar_t> t;
-    make_term<scalar_t>(t, x, table, axes, r, offset, L, form, paper_eps, floor_, P);
+    make_term<scalar_t>(t, x, table, axes, r, offset, L, form, paper_eps, floor_, hash_level, P);
     const GradLayout G(t.D0, t.W, t.M, t.a);
     const int64_t n = t.n, K = t.K;
     auto phi = torch::empty({n, K}, x.options());
