@@ -1,7 +1,7 @@
 """MulFAGrid (Multiplicative Fourier Adaptive Grid): a grid layout with a learned kernel network.
 
-The layout (dense 2D/3D, one or several resolutions, or factor planes) supplies ``U(x)`` and the
-vertex positions; a :class:`~gridfield.grids.mulfa_kernel.MulFAKernel` per support term supplies
+The layout (dense 2D/3D, one or several resolutions, factor planes, or the levels of a hash grid)
+supplies ``U(x)`` and the vertex positions; a :class:`~gridfield.grids.mulfa_kernel.MulFAKernel` per support term supplies
 ``phi_raw(x, v)``; the two forms normalize it over the ``K`` activated vertices:
 
 * ``"paper"``:  ``phi = raw / S``, ``S = sum_v' raw(x, v')``. ``S`` can vanish or change sign, so it is
@@ -133,16 +133,19 @@ class MulFAGrid(Grid):
 
     Args:
         dim: input dimension (2 or 3; dense also accepts 1).
-        resolutions, features_per_level: passed to the layout.
-        layout: ``"dense"``, ``"planes"`` or a ``DenseGrid`` / ``PlaneGrid`` instance (its table becomes
-            this grid's ``features``).
+        resolutions, features_per_level: passed to the layout (``resolutions`` default 64; a hash layout
+            refuses it and takes ``n_levels``, ``log2_hashmap_size``, ... in ``layout_kwargs``).
+        layout: ``"dense"``, ``"planes"``, ``"hash"`` or a ``DenseGrid`` / ``PlaneGrid`` / ``HashGrid``
+            instance (its table becomes this grid's ``features``; see :class:`Lattice` for each mapping).
         form: ``"stable"`` (default) or ``"paper"`` (see the module docstring).
         frequencies, width, layers, filter_scale, out_scale, out_bias: the kernel network
             (:class:`MulFAKernel`); ``out_scale``/``out_bias`` default per form (``FORM_DEFAULTS``).
         paper_eps: the paper form's denominator clamp; floor: the stable form's kernel floor.
+        share_kernel: one kernel network for every term (each keeps its own ``theta``, ``psi``).
         backend: ``"auto"`` (fused C++ kernel where it applies, else the reference), ``"fast"`` (raise
             ``FastPathUnavailable`` where it cannot be used) or ``"reference"`` (plain PyTorch).
-        layout_kwargs: extra layout arguments (``init_scale`` for dense, ``aggregate``/``init`` for planes).
+        layout_kwargs: extra layout arguments (``init_scale`` for dense, ``aggregate``/``init`` for planes,
+            the ``HashGrid`` arguments for hash).
 
     forward: ``[N, dim]`` -> ``[N, out_dim]`` (the layout's), differentiable in ``x``, the features
     and the kernel parameters. Example: ``MulFAGrid(2, [64, 128], 4, form="stable")(x)`` -> ``[N, 8]``.

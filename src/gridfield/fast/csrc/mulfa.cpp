@@ -19,7 +19,8 @@
 // count) take contiguous point ranges and the table scatter is split by rows (no atomics).
 // The filter argument is split as A(point) + B_k (B_k depends only on the corner bits), so one sincos per
 // point, layer and channel serves all 2^a corners: sin(A + B) = sin A cos B + cos A sin B.
-// sin/cos (and softplus) are vectorisable polynomial routines (float: cephes, double: fdlibm, ~1 ulp),
+// sin/cos (and softplus) are vectorisable polynomial routines (float: cephes, double: fdlibm, ~1 ulp;
+// softplus in float for float32 grids, ~2 ulp),
 // since the build flags have no -ffast-math and libm calls would stay scalar. The hot loops are compiled
 // twice, for AVX2+FMA (chosen at run time when the CPU has it) and for baseline x86-64.
 //
@@ -31,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -135,6 +137,52 @@ GF_INLINE void sincos_array(const float* __restrict x, float* __restrict s, floa
   }
 }
 
+// The same in float (8 lanes, for float32 grids; ~2 ulp): exp(-|x|) by Cody-Waite reduction and a degree-7
+// Taylor polynomial (|x| capped at 87, where exp(-|x|) is below float's smallest normal), log1p(y) as
+// 2 atanh(y / (2 + y)) to s^15.
+GF_INLINE void softplus_array(const float* __restrict x, float* __restrict sp, float* __restrict sig, int n) {
+  constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  constexpr float magic = 12582912.0f;  // 1.5 * 2^23
+#pragma omp simd
+  for (int i = 0; i < n; ++i) {
+    const float xi = x[i];
+    const float axi = gabs(xi);
+    const float ax = axi < 87.0f ? axi : 87.0f;
+    const float t = -ax * log2e + magic;
+    const float k = t - magic;
+    int32_t kb;
+    std::memcpy(&kb, &t, 4);
+    kb = (kb - int32_t(0x4B400000) + 127) << 23;  // bits(t) - bits(magic) = k; biased exponent
+    float two_k;
+    std::memcpy(&two_k, &kb, 4);
+    const float r = (-ax - k * ln2_hi) - k * ln2_lo;  // |r| <= ln2 / 2
+    float e = 1.0f / 5040.0f;
+    e = e * r + 1.0f / 720.0f;
+    e = e * r + 1.0f / 120.0f;
+    e = e * r + 1.0f / 24.0f;
+    e = e * r + 1.0f / 6.0f;
+    e = e * r + 0.5f;
+    e = e * r + 1.0f;
+    e = e * r + 1.0f;
+    const float y = e * two_k;
+    const float s = y / (2.0f + y);
+    const float s2 = s * s;
+    float a = 1.0f / 15.0f;
+    a = a * s2 + 1.0f / 13.0f;
+    a = a * s2 + 1.0f / 11.0f;
+    a = a * s2 + 1.0f / 9.0f;
+    a = a * s2 + 1.0f / 7.0f;
+    a = a * s2 + 1.0f / 5.0f;
+    a = a * s2 + 1.0f / 3.0f;
+    a = a * s2 + 1.0f;
+    const float l1p = 2.0f * s * a;
+    const bool big = xi > 20.0f;
+    sp[i] = big ? xi : (xi > 0.0f ? xi : 0.0f) + l1p;
+    const float sg = (xi >= 0.0f ? 1.0f : y) / (1.0f + y);
+    sig[i] = big ? 1.0f : sg;
+  }
+}
+
 // softplus(x) = log1p(exp(x)) (x for x > 20, as torch) and its derivative sigmoid(x) (1 for x > 20).
 // x in [-1e4, 1e4] (clamped by the caller).
 GF_INLINE void softplus_array(const double* __restrict x, double* __restrict sp, double* __restrict sig, int n) {
@@ -207,6 +255,7 @@ struct Term {
   int64_t r, offset;
   bool hash_map, hashed;  // HashGrid level (tcnn mapping, unclamped); its vertices hashed (else strided)
   int64_t size;           // a hash level's rows (modulus)
+  uint32_t mask;          // size - 1 when size is a power of two, else 0
   uint32_t factor[3];     // a hash level's per-axis primes or strides
   T shift;                // 0.5 on a hash level, else 0
   int64_t axes[3];
@@ -242,7 +291,7 @@ struct Tile {
   static constexpr int64_t KP = K * P;
   int64_t np = 0;  // valid points in the tile
   // raw pointers into three arenas (std::vector accessors would not be inlined under this file's options)
-  T *u, *frac, *vb, *vhat, *hat, *targ, *z1, *h0, *A, *sA, *cA, *f, *g, *pre, *z, *raw, *phi, *sig, *S;
+  T *u, *frac, *vb, *vhat, *hat, *targ, *z1, *h0, *A, *sA, *cA, *f, *g, *pre, *z, *raw, *phi, *sig, *S, *rawc;
   T *dphi, *draw, *dz, *dp, *dh0;
   double *rawd, *spd, *sigd;
   int64_t* idx;
@@ -253,14 +302,14 @@ struct Tile {
   std::vector<uint8_t> bufB;
   // shapes: u, frac, vb [a][P]; vhat [a][KP]; hat, idx, raw, phi, sig, rawd, spd, sigd, dphi, draw [KP];
   // targ [La][P]; z1 [D0][P] (sines then cosines); h0, dh0 [W][P]; A, sA, cA [M][W][P];
-  // f, g, pre, z [M][W][KP]; dz, dp [W][KP]; S, clamped [P]
+  // f, g, pre, z [M][W][KP]; dz, dp [W][KP]; S, clamped [P]; rawc [KP] (clamped raw, float softplus)
   explicit Tile(const Term<T>& t) {
     const int64_t a = t.a, W = t.W, M = t.M, La = t.L * t.a;
     const int64_t nT[] = {a * P, a * P, a * P, a * KP, KP, La * P, t.D0 * P, W * P, M * W * P, M * W * P,
                           M * W * P, M * W * KP, M * W * KP, M * W * KP, M * W * KP, KP, KP, KP, P,
-                          KP, KP, W * KP, W * KP, W * P};
+                          KP, KP, W * KP, W * KP, W * P, KP};
     T** pT[] = {&u, &frac, &vb, &vhat, &hat, &targ, &z1, &h0, &A, &sA, &cA, &f, &g, &pre, &z, &raw, &phi, &sig, &S,
-                &dphi, &draw, &dz, &dp, &dh0};
+                &dphi, &draw, &dz, &dp, &dh0, &rawc};
     const int64_t nD[] = {KP, KP, KP};
     double** pD[] = {&rawd, &spd, &sigd};
     auto pad = [](int64_t n) { return (n + 15) / 16 * 16; };
@@ -332,7 +381,9 @@ GF_INLINE void tile_forward(const Term<T>& t, Tile<T, K>& w, int64_t i0, int64_t
           const uint32_t c = static_cast<uint32_t>(base[j][p] + ((k >> j) & 1)) * t.factor[j];
           hv = t.hashed ? (hv ^ c) : (hv + c);
         }
-        row = t.offset + static_cast<int64_t>(hv % static_cast<uint32_t>(t.size));
+        if (t.mask) hv &= t.mask;  // a power-of-two table (every hashed level): no integer division
+        else if (hv >= static_cast<uint32_t>(t.size)) hv %= static_cast<uint32_t>(t.size);
+        row = t.offset + static_cast<int64_t>(hv);
       }
       w.idx[k * P + p] = row;
     }
@@ -457,16 +508,24 @@ GF_INLINE void tile_forward(const Term<T>& t, Tile<T, K>& w, int64_t i0, int64_t
   }
   // normalisation
   if (t.form == 0) {
-    for (int64_t q = 0; q < KP; ++q)
-      w.rawd[q] = static_cast<double>(gmin(gmax(w.raw[q], T(-1e4)), T(1e4)));
-    softplus_array(w.rawd, w.spd, w.sigd, static_cast<int>(KP));
+    if constexpr (std::is_same_v<T, float>) {  // softplus in T itself (sp into phi, scaled below)
+      for (int64_t q = 0; q < KP; ++q) w.rawc[q] = gmin(gmax(w.raw[q], T(-1e4)), T(1e4));
+      softplus_array(w.rawc, w.phi, w.sig, static_cast<int>(KP));
+    } else {
+      for (int64_t q = 0; q < KP; ++q)
+        w.rawd[q] = static_cast<double>(gmin(gmax(w.raw[q], T(-1e4)), T(1e4)));
+      softplus_array(w.rawd, w.spd, w.sigd, static_cast<int>(KP));
+      for (int64_t q = 0; q < KP; ++q) {
+        w.phi[q] = static_cast<T>(w.spd[q]);
+        w.sig[q] = static_cast<T>(w.sigd[q]);
+      }
+    }
     for (int64_t p = 0; p < P; ++p) w.S[p] = T(0);
     for (int64_t k = 0; k < K; ++k)
       for (int64_t p = 0; p < P; ++p) {
         const int64_t q = k * P + p;
-        const T s = (static_cast<T>(w.spd[q]) + t.floor_) * w.hat[q];
+        const T s = (w.phi[q] + t.floor_) * w.hat[q];
         w.phi[q] = s;
-        w.sig[q] = static_cast<T>(w.sigd[q]);
         w.S[p] += s;
       }
     for (int64_t k = 0; k < K; ++k)
@@ -818,6 +877,7 @@ void make_term(Term<T>& t, const torch::Tensor& x, const torch::Tensor& table, c
   t.hash_map = !hash_level.empty();
   t.hashed = t.hash_map && hash_level[1] != 0.0;
   t.size = t.hash_map ? static_cast<int64_t>(hash_level[2]) : 0;
+  t.mask = t.size > 0 && (t.size & (t.size - 1)) == 0 ? static_cast<uint32_t>(t.size - 1) : 0u;
   for (int64_t j = 0; j < 3; ++j)
     t.factor[j] = t.hash_map && j < t.a ? static_cast<uint32_t>(hash_level[3 + j]) : 0u;
   if (t.hash_map) TORCH_CHECK(t.size >= 1 && hash_level[0] > 0, "mulfa: a hash level needs scale > 0, size >= 1");
