@@ -1,8 +1,8 @@
 """MulFAGrid (Multiplicative Fourier Adaptive Grid): a grid layout with a learned kernel network.
 
 The layout (dense 2D/3D, one or several resolutions, factor planes, or the levels of a hash grid)
-supplies ``U(x)`` and the vertex positions; a :class:`~gridfield.grids.mulfa_kernel.MulFAKernel` per support term supplies
-``phi_raw(x, v)``; the two forms normalize it over the ``K`` activated vertices:
+supplies ``U(x)`` and the vertex positions; a :class:`~gridfield.grids.mulfa_kernel.MulFAKernel` per
+support term supplies ``phi_raw(x, v)``; the two forms normalize it over the ``K`` activated vertices:
 
 * ``"paper"``:  ``phi = raw / S``, ``S = sum_v' raw(x, v')``. ``S`` can vanish or change sign, so it is
   replaced by ``sign(S) * max(|S|, paper_eps)`` (``sign(0) = +1``): weights stay finite (at most
