@@ -6,8 +6,10 @@ points: forward + backward of ``(g(x) * cotangent).sum()`` to the features and t
 of ``repeats`` after one warm-up is reported, and the first fast call of the process (which loads, or on a
 clean machine compiles, the extension) separately.
 
-Configurations (stated in each row): the 2D image preset (``presets.get("image", "mulfagrid")``: one dense
-level R = 315, F = 3, kernel L = 4, 3 layers of width 16, ~300K parameters) in both forms; the same kernel
+Configurations (stated in each row): the 2D image preset (``presets.get("image", "mulfagrid")``: the
+hash layout's 14 levels, a 1-layer kernel of width 16 on 2 octaves per level); the earlier dense image
+preset (``mulfagrid-dense``: one dense level R = 315, F = 3, kernel L = 4, 3 layers of width 16, ~300K
+parameters) in both forms; the same kernel
 on 2D line factors (``layout="planes"``, R = 300); 3D dense [16, 32, 64] F = 2 (SDF-style levels) and 3D
 tri-plane product [64, 128] F = 4. 16384 points per step (the image preset's batch).
 
@@ -61,7 +63,8 @@ def kernel_flops_per_point(grid) -> int:
     output layer ``2 W`` per vertex; the backward does two products of the same size for each.
     """
     total = 0
-    for (_, axes, _), kern in zip(grid.lattices, grid.kernels):
+    for lat, kern in zip(grid.lattices, grid.kernels):
+        axes = lat.axes
         width, layers = kern.filter_phase.shape[1], kern.filter_phase.shape[0]
         k = 2 ** len(axes)
         d0 = 2 * kern.frequencies * len(axes)
@@ -73,9 +76,11 @@ def configs() -> list[tuple[str, dict]]:
     """``(label, MulFAGrid kwargs)`` of the benchmarked configurations."""
     from gridfield import presets
 
-    spec = presets.get("image", "mulfagrid", out_dim=3).grid_kwargs
+    spec = presets.get("image", "mulfagrid-dense", out_dim=3).grid_kwargs
     r, f = spec["resolutions"], spec["features_per_level"]
+    hashed = dict(presets.get("image", "mulfagrid", out_dim=3).grid_kwargs)
     return [
+        ("2D image preset hash layout, 14 levels, 1 layer x 16, stable", {"dim": 2, **hashed}),
         (f"2D image preset dense R={r} F={f} stable", {"dim": 2, "resolutions": r, "features_per_level": f}),
         (f"2D image preset dense R={r} F={f} paper",
          {"dim": 2, "resolutions": r, "features_per_level": f, "form": "paper"}),

@@ -47,7 +47,8 @@ README = ROOT / "README.md"
 MESHES = {"bunny": "bunny00.off", "armadillo": "armadillo.off"}
 MODES = ("steps", "time")
 METRICS = {"image": ("psnr", "ssim"), "sdf": ("iou_grid", "chamfer_l1", "normal_consistency")}
-HIGHER = {"psnr": True, "ssim": True, "iou_grid": True, "chamfer_l1": False, "normal_consistency": True}
+ITEM = {"image": "image", "sdf": "mesh"}
+SCALE = {"chamfer_l1": 1e3}  # shown in units of 1e-3 (of the bounding box's longest side)
 
 
 def default_models(task: str) -> list[str]:
@@ -198,13 +199,32 @@ def table(cells: list[dict], task: str) -> tuple[list[dict], list[str]]:
                 continue
             row[f"{mode}: n"] = len(mine)
             for k in metrics:
-                vals = [c[k] for c in mine if c.get(k) is not None]
-                row[f"{mode}: {k}"] = sum(vals) / len(vals) if vals else None
+                vals = [c[k] * SCALE.get(k, 1.0) for c in mine if c.get(k) is not None]
+                row[f"{mode}: {label(k)}"] = sum(vals) / len(vals) if vals else None
             row[f"{mode}: steps"] = round(sum(c["steps"] for c in mine) / len(mine))
             row[f"{mode}: s"] = sum(c["train_seconds"] for c in mine) / len(mine)
             row["params"] = f"{mine[0]['params']:,}"
         rows.append(row)
-    cols = ["model", "params"] + [f"{m}: {k}" for m in MODES for k in ("n", *metrics, "steps", "s")]
+    cols = ["model", "params"] + [f"{m}: {k}" for m in MODES for k in ("n", *map(label, metrics), "steps", "s")]
+    return rows, [c for c in cols if any(c in r for r in rows)]
+
+
+def label(metric: str) -> str:
+    return f"{metric} (x1e-3)" if metric in SCALE else metric
+
+
+def per_item(cells: list[dict], task: str) -> tuple[list[dict], list[str]]:
+    """One row per image / mesh: each model's main metric per mode (``steps`` / ``time``)."""
+    key = METRICS[task][0]
+    models = list(dict.fromkeys(c["model"] for c in cells))
+    rows = []
+    for item in sorted({c["item"] for c in cells}):
+        row = {ITEM[task]: item}
+        for c in cells:
+            if c["item"] == item and c.get(key) is not None:
+                row[f"{c['model']} ({c['mode']})"] = c[key]
+        rows.append(row)
+    cols = [ITEM[task]] + [f"{m} ({mode})" for mode in MODES for m in models]
     return rows, [c for c in cols if any(c in r for r in rows)]
 
 
@@ -261,7 +281,9 @@ def to_markdown(results: dict, args) -> str:
     parts = ["## Tournament: every model, every task, equal parameters, equal steps / equal time",
              "", "`python benchmarks/tournament.py` (resumable per cell; see its docstring for the protocol). "
              "Means over the images / meshes each model has run (n); a model with fewer cells than another is "
-             "not yet comparable with it. Equal-time cells depend on the machine's load (recorded per cell)."]
+             "not yet comparable with it. Equal-time cells depend on the machine's load (recorded per cell); the "
+             "`steps: s` column is the training time of the equal-steps cells, some of which ran beside other "
+             "jobs, so compare speeds through the equal-time steps."]
     for task in ("image", "sdf"):
         mine = [c for c in cells if c["task"] == task]
         if not mine:
@@ -272,9 +294,15 @@ def to_markdown(results: dict, args) -> str:
         s = mine[0]["settings"]
         parts += ["", f"### {task}", "", f"{cpu}, {s['threads']} torch threads, {dates[0]} to {dates[-1]}; "
                   f"settings per mode: " + "; ".join(sorted({json.dumps(c['settings']) for c in mine})), "",
-                  markdown_table(rows, cols), "", f"![{task}](figures/{NAME}_{task}.png)"]
+                  markdown_table(rows, cols), "", f"Per {ITEM[task]} "
+                  f"({METRICS[task][0]}):", "", markdown_table(*per_item(mine, task)), "",
+                  f"![{task}](figures/{NAME}_{task}.png)"]
         plot(mine, task, FIGURES / f"{NAME}_{task}.png")
-    parts += ["", "NeRF: see the `tournament_nerf` section (equal training time, lego, all 200 test views)."]
+    if (ROOT / "benchmarks" / "results" / f"{NAME}_nerf.json").exists():
+        parts += ["", "NeRF: see the `tournament_nerf` section (equal training time, lego, all 200 test views)."]
+    else:
+        parts += ["", "NeRF: not run yet (`--tasks nerf`); until then the 5-minute point of the lego "
+                  "time-to-PSNR curve in the `nerf_lego` section (10 fixed test views) is the equal-time comparison."]
     return "\n".join(parts)
 
 
