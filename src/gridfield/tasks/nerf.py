@@ -48,8 +48,8 @@ class NerfConfig:
     test_every: int = 8
     """Hold out every this-many-th frame for testing (formats without their own test split)."""
     model: str = "dense"
-    """Grid model: dense (DVGO style, coarse to fine), hash (Instant-NGP; hash-small, hash-large), planes or
-    mulfagrid."""
+    """Grid model: dense (DVGO style, coarse to fine), hash (Instant-NGP; hash-small, hash-large), planes,
+    mulfagrid (dense layout) or mulfagrid-hash (the hash preset's levels with MulFA kernels)."""
     appearance: Literal["sh", "mlp"] | None = None
     """Appearance: SH coefficients in the grid (no MLP) or features + tiny MLP; default: the model's."""
     resolution: int = 128

@@ -71,7 +71,7 @@ class SDFConfig:
     mesh: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="MESH_OR_BUILTIN")] = "torus_knot"
     """Mesh file (OBJ, PLY, OFF, STL, GLB) or a built-in shape (torus_knot)."""
     model: str = "dense"
-    """Grid model: dense, hash, planes or mulfagrid (those installed)."""
+    """Grid model: dense, hash, planes, mulfagrid (hash layout; mulfagrid-paper, mulfagrid-dense)."""
     decoder: Literal["identity", "linear", "mlp"] | None = None
     """Decoder after the grid; default: the model preset's."""
     param_budget: int = 2_000_000
