@@ -138,19 +138,19 @@ def run(threads: int = 1, repeats: int = 7, n: int = N_POINTS) -> list[dict]:
     return rows
 
 
-def hash_pairs() -> list[tuple[str, dict, dict, int]]:
-    """``(label, HashGrid kwargs, MulFAGrid kwargs, points)``: each task's hash preset beside the MulFAGrid
+def hash_pairs() -> list[tuple[str, int, dict, dict, int]]:
+    """``(label, dim, HashGrid kwargs, MulFAGrid kwargs, points)``: each task's hash preset beside the MulFAGrid
     preset on the same levels (equal parameters up to the kernels, at most 1%)."""
     from gridfield import presets
 
     out = []
-    for task, model, n in (("image", "mulfagrid", 1 << 16), ("sdf", "mulfagrid", 1 << 14)):
+    for task, dim, n in (("image", 2, 1 << 16), ("sdf", 3, 1 << 14)):
         h = dict(presets.get(task, "hash").grid_kwargs)
-        m = dict(presets.get(task, model).grid_kwargs)
-        out.append((f"{task} presets (dim {2 if task == 'image' else 3})", h, m, n))
+        m = dict(presets.get(task, "mulfagrid").grid_kwargs)
+        out.append((f"{task} presets (dim {dim})", dim, h, m, n))
     nerf_m = dict(presets.get("nerf", "mulfagrid-hash").density.kwargs)
     nerf_h = dict(presets.get("nerf", "hash").density.kwargs)
-    out.append(("nerf presets (density grid, dim 3)", nerf_h, nerf_m, 1 << 16))
+    out.append(("nerf presets (density grid, dim 3)", 3, nerf_h, nerf_m, 1 << 16))
     return out
 
 
@@ -164,8 +164,7 @@ def versus_hash(threads: int = 1, repeats: int = 5) -> list[dict]:
 
     _set_threads(threads)
     rows = []
-    for label, hk, mk, n in hash_pairs():
-        dim = 2 if "dim 2" in label else 3
+    for label, dim, hk, mk, n in hash_pairs():
         torch.manual_seed(0)
         grids = {"hash": HashGrid(dim, **hk), "mulfagrid": MulFAGrid(dim, **mk)}
         x = torch.rand(n, dim) * 2 - 1
