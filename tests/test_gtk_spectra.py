@@ -53,8 +53,42 @@ def test_cg_bound_equals_cholesky_and_lanczos_extremes():
     op = gtk(field, x, implementation="operator")  # singular here: more points than grid rows
     b_op = bound(op, y, method="cg")
     b_ref = bound(gtk(field, x).dense(), y, method="cholesky")
-    assert b_op.singular and b_ref.singular and "ridge" in b_op.note
-    assert b_op.value == pytest.approx(b_ref.value, rel=1e-5) and b_op.ridge == b_ref.ridge
+    assert b_op.singular and b_ref.singular and "ridge" in b_op.note and b_op.floored and b_ref.floored
+    assert b_op.value == pytest.approx(b_ref.value, rel=1e-5) and b_op.ridge == pytest.approx(b_ref.ridge, rel=1e-6)
+
+
+def test_eigenvalue_floor_is_continuous_and_exact_above_the_floor():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    y = rng.standard_normal(40)
+
+    def kernel(lam_min):  # eigenvalues 1 .. 2 and one lam_min, mean diagonal ~1.5
+        lam = np.linspace(1, 2, 40)
+        lam[0] = lam_min
+        return (q * lam) @ q.T, lam
+
+    def exact(lam_min, floor_abs):  # y^T (G + max(0, floor - lam_min) I)^-1 y, in the eigenbasis
+        g, lam = kernel(lam_min)
+        c = q.T @ y
+        return np.sqrt(2 * np.sum(c**2 / (lam + max(0.0, floor_abs - lam_min))) / 40), np.trace(g) / 40
+
+    floor = 1e-3
+    values = []
+    for lam_min in (3e-3, 1.6e-3, 1.5e-3, 1.4e-3, 1e-3, 1e-5, 0.0):
+        g, _ = kernel(lam_min)
+        b = bound(g, y, default_ridge=floor)
+        s = np.trace(g) / 40
+        ref, _ = exact(lam_min, floor * s)
+        assert b.value == pytest.approx(ref, rel=1e-8)
+        assert b.floored == (lam_min < floor * s) and (b.ridge == 0.0) == (not b.floored)
+        values.append(b.value)
+    # above the floor the bound is the plain inverse's; below it stays at the floor's value
+    assert values[0] < values[1] < values[2] and values[-1] == pytest.approx(values[-2], rel=1e-4)  # s moves a little
+    near = [bound(kernel(v)[0], y, default_ridge=floor).value for v in (1.5e-3 * (1 + 1e-6), 1.5e-3 * (1 - 1e-6))]
+    assert near[0] == pytest.approx(near[1], rel=1e-4)  # no jump where the floor switches on
+    assert bound(kernel(1e-5)[0], y, ridge=0.0).value == pytest.approx(exact(1e-5, 0.0)[0], rel=1e-6)
+    with pytest.raises(InputError, match="not positive definite"):
+        bound(kernel(-1e-3)[0], y, ridge=0.0)
 
 
 def test_lanczos_matches_eigh_and_solver():

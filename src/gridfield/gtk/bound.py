@@ -2,8 +2,11 @@
 
 For ``y`` with ``c`` channels the quadratic form is averaged over channels (``G`` is channel-averaged).
 Both the raw value and the value with ``G`` normalized to unit mean diagonal (``trace(G)/n = 1``) are
-reported: ``B_norm = B * sqrt(trace(G)/n)``. When ``G`` is (numerically) singular the ridge version
-``(G + lambda I)^-1`` is reported with its ``lambda`` (``lambda = ridge * trace(G)/n``).
+reported: ``B_norm = B * sqrt(trace(G)/n)``. By default the spectrum is floored: when ``lambda_min(G)`` is
+below ``floor = default_ridge * trace(G)/n`` the ridge ``lambda = floor - lambda_min`` is added, so that
+``G + lambda I`` has ``lambda_min = floor``. This is continuous in ``G`` (a kernel just above the floor and one
+just below it get nearly the same bound), unlike a switch that adds a fixed ridge only to singular kernels.
+A fixed relative ridge (``lambda = ridge * trace(G)/n``) can be forced instead; ``ridge=0`` is the plain inverse.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class Bound:
     ``lambda_min``, since ``lambda_min(G) >= lambda_min(M^-1 G) lambda_min(M)`` and ``theta_min`` is the
     smallest Ritz value of ``M^-1 G``; ``lambda_max`` then comes from Lanczos on ``G``).
     quad: ``mean_c y_c^T (G + ridge_abs I)^-1 y_c``; a CG value is a lower bound that increases to it.
+    singular: ``lambda_min <= singular_rtol * lambda_max`` (information only; the floor decides the ridge).
+    floored: the default eigenvalue floor added a ridge (``ridge_abs = floor - lambda_min``).
     """
 
     value: float
@@ -44,6 +49,7 @@ class Bound:
     iterations: int = 0
     relative_residual: float = 0.0
     note: str = ""
+    floored: bool = False
 
 
 def _check_y(y, n: int) -> np.ndarray:
@@ -114,9 +120,10 @@ def bound(g, y, method: str = "auto", ridge: float | None = None, singular_rtol:
     """``B = sqrt(2 mean_c y_c^T G^-1 y_c / n)`` for a GTK ``g`` ``[n, n]`` and targets ``y`` ``[n]``/``[n, c]``.
 
     method: ``"cholesky"`` (dense; exact ``lambda_min`` by ``eigh``), ``"cg"`` (matrix-free) or
-    ``"auto"`` (Cholesky up to ``dense_limit`` points with explicit entries). ridge: relative ridge
-    (``lambda = ridge * trace(G)/n``) forced on; by default none unless ``G`` is singular
-    (``lambda_min <= singular_rtol * lambda_max``), then ``default_ridge`` is used and the note says so.
+    ``"auto"`` (Cholesky up to ``dense_limit`` points with explicit entries). ridge: a fixed relative ridge
+    (``lambda = ridge * trace(G)/n``; ``0``: none). ``None`` (default): the eigenvalue floor
+    ``default_ridge * trace(G)/n``, ridge ``max(0, floor - lambda_min)`` (with CG, ``lambda_min`` is the
+    solver's estimate, so the floor is approximate there); the note says when it acted.
     preconditioner (CG only): ``"auto"`` uses the one an operator ``GTK`` of a 2D lattice carries
     (:mod:`gridfield.gtk.precond`), ``None`` none, or a ``LinearOperator``/callable applying ``M^-1``.
     """
@@ -145,13 +152,27 @@ def _bound_cholesky(gd, y, s, ridge, rtol, default_ridge) -> Bound:
     lam = np.linalg.eigvalsh(gd)  # all of them: as fast as two subset calls, and robust to busy BLAS threads
     lam_min, lam_max = float(lam[0]), float(lam[-1])
     singular = lam_min <= rtol * lam_max
-    rel = ridge if ridge is not None else (default_ridge if singular else 0.0)
-    note = (f"G is singular (lambda_min = {lam_min:.3g} <= {rtol:g} lambda_max): ridge lambda = {rel:g} trace(G)/n"
-            if singular and ridge is None else "")
-    factor = sla.cho_factor(gd + rel * s * np.eye(n), lower=True)
+    rel, note = _ridge(ridge, default_ridge, lam_min, s)
+    try:
+        factor = sla.cho_factor(gd + rel * s * np.eye(n), lower=True)
+    except np.linalg.LinAlgError:
+        raise InputError(f"G + {rel:g} trace(G)/n I is not positive definite (lambda_min = {lam_min:.3g}): "
+                         "use a positive ridge or the default eigenvalue floor (ridge=None)") from None
     quad = float((y * sla.cho_solve(factor, y)).sum(0).mean())
     return _finish(quad, n, s, lambda_min=lam_min, lambda_max=lam_max, lambda_min_method="eigh",
-                   singular=singular, ridge=rel, ridge_abs=rel * s, method="cholesky", note=note)
+                   singular=singular, ridge=rel, ridge_abs=rel * s, method="cholesky", note=note,
+                   floored=ridge is None and rel > 0)
+
+
+def _ridge(ridge: float | None, floor: float, lam_min: float, s: float) -> tuple[float, str]:
+    """Relative ridge to add and a note: ``ridge`` when forced, else ``max(0, floor - lambda_min / s)``."""
+    if ridge is not None:
+        return float(ridge), ""
+    rel = max(0.0, floor - lam_min / s)
+    if rel == 0.0:
+        return 0.0, ""
+    return rel, (f"lambda_min = {lam_min:.3g} is below the eigenvalue floor {floor:g} trace(G)/n: "
+                 f"ridge lambda = {rel:.3g} trace(G)/n added (pass ridge=0 for the plain inverse)")
 
 
 def _resolve_precond(g, preconditioner):
@@ -195,18 +216,17 @@ def _bound_cg(m, y, s, ridge, rtol, default_ridge, tol, maxiter, precond=None) -
     rel = ridge or 0.0
     sol, quad = solve(rel)
     lo, hi = extremes(sol, rel)
-    singular = ridge is None and lo <= rtol * hi
     note = ""
-    if singular:
-        rel = default_ridge
-        sol, quad = solve(rel)
-        lo, hi = extremes(sol, rel)  # the ridge run's Lanczos values are reliable
-        note = (f"G looks singular (lambda_min estimate {lo:.3g} <= {rtol:g} lambda_max): "
-                f"ridge lambda = {rel:g} trace(G)/n")
+    if ridge is None:
+        rel, note = _ridge(None, default_ridge, lo, s)
+        if rel:
+            sol, quad = solve(rel)
+            lo, hi = extremes(sol, rel)  # the ridge run's Lanczos values are reliable
+    singular = lo <= rtol * hi
     its, res = sol[1], sol[2]
     if res > tol:
         note = (note + "; " if note else "") + f"CG stopped at relative residual {res:.2g} after {its} iterations"
     how = "cg-lanczos" if precond is None else "pcg-lower"
     return _finish(quad, n, s, lambda_min=lo, lambda_max=hi, lambda_min_method=how, singular=singular,
                    ridge=rel, ridge_abs=rel * s, method="cg" if precond is None else "pcg", iterations=its,
-                   relative_residual=res, note=note)
+                   relative_residual=res, note=note, floored=ridge is None and rel > 0)
