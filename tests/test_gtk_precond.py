@@ -109,3 +109,33 @@ def test_separable_levels_reproduce_the_dense_support():
             return super().support(x.flip(1))
 
     assert Flipped(2, [4]).separable_levels() is None
+
+
+def test_lambda_min_bracket_contains_and_tightens_around_the_exact_value():
+    """Shifted PCG rounds raise the lower estimate towards lambda_min; LOBPCG's upper end is a Rayleigh
+    quotient; both against eigh. The unshifted estimate (what bound() reports) is much looser."""
+    from gridfield.gtk import lambda_min_bracket
+
+    field = field_of(dict(model="hash", n_levels=6, features_per_level=2, log2_hashmap_size=9, base_resolution=4,
+                          per_level_scale=1.5))
+    x = pixel_coords(20, 20).double()
+    g = gtk(field, x, implementation="operator")
+    lam = np.linalg.eigvalsh(g.dense())
+    assert lam[0] > 1e-9 * lam[-1]
+    br = lambda_min_bracket(g, rounds=8)
+    assert br.upper >= lam[0] * (1 - 1e-10) and br.lower <= lam[0] * (1 + 1e-6)
+    assert br.ratio < 1.05
+    first = br.rounds[0][1]
+    assert first < br.lower and lam[0] / first > 1.2  # the rounds did the tightening
+    assert all(a[1] < b[1] for a, b in zip(br.rounds, br.rounds[1:]) if not b[3])
+
+
+def test_cg_reports_negative_curvature_of_an_indefinite_matrix():
+    from gridfield.gtk import conjugate_gradient
+
+    a = np.diag([3.0, 2.0, 1.0, -0.5])
+    b = np.ones(4)
+    *_, negative = conjugate_gradient(lambda v: a @ v, b, tol=1e-12, return_curvature=True)
+    assert negative
+    *_, negative = conjugate_gradient(lambda v: np.abs(a) @ v, b, tol=1e-12, return_curvature=True)
+    assert not negative

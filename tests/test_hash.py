@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import fast_path_missing
 from gridfield.functional.hashing import axis_factors, cell_corner_rows, coherent_prime_hash
 from gridfield.grids import HashGrid
 from gridfield.grids.base import interpolate
@@ -224,3 +225,27 @@ def test_hash_bad_input():
     assert out[[0, 2]].isnan().all()
     torch.testing.assert_close(out[1:2], grid(x[1:2]))
     assert isinstance(make_grid("hash", 2, n_levels=2, log2_hashmap_size=8), HashGrid)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_cpp_support_equals_plain_pytorch_support(cfg, dtype):
+    """The C++ support (used without x-gradients, e.g. by the GTK) gives the same rows and weights."""
+    from gridfield.fast import FastPathUnavailable
+
+    dim, n_levels, t, base, b = cfg
+    grid = HashGrid(dim, n_levels, 2, t, base, b, backend="fast").to(dtype)
+    x = torch.rand(500, dim, dtype=dtype) * 2 - 1
+    special = [[-1.0] * dim, [1.0] * dim, [1.0] + [-1.0] * (dim - 1), [1 - 1e-7] * dim, [-1.3] + [1.2] * (dim - 1)]
+    x = torch.cat([x, torch.tensor(special, dtype=dtype)])
+    try:
+        index, weight = grid.all_levels_support(x)
+    except FastPathUnavailable as err:  # no compiler here (CI sets GRIDFIELD_REQUIRE_FAST: then a failure)
+        fast_path_missing(str(err))
+    ref_index, ref_weight = grid.reference_support(x)
+    assert index.dtype == ref_index.dtype == torch.int64 and weight.dtype == ref_weight.dtype == dtype
+    assert torch.equal(index, ref_index)
+    torch.testing.assert_close(weight, ref_weight, rtol=0, atol=0)
+    # with x-gradients recorded the plain support runs (its weights carry the graph)
+    xg = x.clone().requires_grad_()
+    assert grid.all_levels_support(xg)[1].requires_grad

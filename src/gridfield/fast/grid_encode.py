@@ -114,6 +114,18 @@ def grid_encode(mod, table: Tensor, x: Tensor, spec: EncodeSpec) -> Tensor:
     return _Encode.apply(table.contiguous(), x.contiguous(), mod, spec)
 
 
+def grid_support(mod, x: Tensor, spec: EncodeSpec, rows: int) -> tuple[Tensor, Tensor]:
+    """``(index int64 [N, L, 2**d], weight [N, L, 2**d])``: global table rows and n-linear weights of every
+    point and level (the grids' ``all_levels_support``), computed point by point; not differentiable.
+
+    ``mod`` from :func:`encoder_for`; rows: the table's row count (the levels must fit inside it).
+    """
+    if x.shape[1] != spec.dim:
+        raise ValueError(f"grid_support: spec is for dim {spec.dim}, got points {tuple(x.shape)}")
+    index, weight = mod.support(x.detach().contiguous(), spec.meta_i, spec.meta_f, spec.mode, int(rows))
+    return index, weight
+
+
 def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 

@@ -123,9 +123,19 @@ class HashGrid(Grid):
         """Global rows ``[N, L, 2**d]`` of ``features`` and n-linear weights ``[N, L, 2**d]``, all levels.
 
         x: ``[N, d]`` in ``[-1, 1]^d``, mapped to tcnn's domain by ``x01 = (x + 1) / 2``. Corner ``k``
-        has offset ``(k >> j) & 1`` along axis ``j``. Weights are differentiable in ``x``.
+        has offset ``(k >> j) & 1`` along axis ``j``. Weights are differentiable in ``x``; when no gradient
+        wrt ``x`` is being recorded, the C++ kernel (:func:`gridfield.fast.grid_encode.grid_support`, same
+        values) computes both where the backend allows.
         """
         check_points(x, self.in_dim, "HashGrid")
+        if not (x.requires_grad and torch.is_grad_enabled()):  # no weight gradients wanted: the C++ support
+            mod = fe.encoder_for(getattr(self, "backend", "auto"), self.features, x)
+            if mod is not None:
+                return fe.grid_support(mod, x, self.encode_spec(), self.features.shape[0])
+        return self.reference_support(x)
+
+    def reference_support(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`all_levels_support` in plain PyTorch (vectorised over ``[N, L, 2**d]``), differentiable in ``x``."""
         x01 = (x + 1) * 0.5
         cell, frac = pos_fract(x01, torch.tensor(self.scales, dtype=x.dtype, device=x.device))
         rows = cell_corner_rows(cell, self._factors, self._is_hashed, self._sizes)
@@ -133,7 +143,9 @@ class HashGrid(Grid):
 
     def support(self, x: Tensor) -> list[Support]:
         """Per level: ``Support(index [N, 2**d], weight [N, 2**d], channels=slice(l*F, (l+1)*F))``."""
-        index, weight = self.all_levels_support(x)
+        return self._terms(*self.all_levels_support(x))
+
+    def _terms(self, index: Tensor, weight: Tensor) -> list[Support]:
         f = self.features_per_level
         return [Support(index[:, lv], weight[:, lv], slice(lv * f, (lv + 1) * f)) for lv in range(self.n_levels)]
 
@@ -159,14 +171,21 @@ class HashGrid(Grid):
     def eager_forward(self, x: Tensor) -> Tensor:
         """Plain-PyTorch forward: one ``index_select`` over all levels (2x faster than advanced
         indexing on CPU, backward by ``index_add``); tested against :meth:`reference_forward`."""
-        index, weight = self.all_levels_support(x)
+        index, weight = self._plain_support(x)
         rows = self.features.index_select(0, index.reshape(-1)).view(*index.shape, -1)  # [N, L, K, F]
         out = torch.einsum("nlk,nlkf->nlf", weight.to(self.features.dtype), rows)
         return out.reshape(x.shape[0], self.out_dim)
 
     def reference_forward(self, x: Tensor) -> Tensor:
-        """Plain evaluation of the formalism from :meth:`support` (the base-class reference)."""
-        return super().forward(x)
+        """Plain evaluation of the formalism from the plain-PyTorch support (the base-class reference)."""
+        check_points(x, self.in_dim, "HashGrid")
+        return self.features_from_support(self._terms(*self._plain_support(x)), x.shape[0])
+
+    def _plain_support(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`reference_support`, or a subclass's own :meth:`all_levels_support` where it has one."""
+        if type(self).all_levels_support is HashGrid.all_levels_support:
+            return self.reference_support(x)
+        return self.all_levels_support(x)
 
     def separable_levels(self) -> list[SeparableLevel] | None:
         """Every level as the tensor product of 1D hats of its un-hashed lattice (tcnn's mapping): exact

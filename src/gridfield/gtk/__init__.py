@@ -11,6 +11,7 @@ Importing this package does no work; the paper's analyses (``gridfield gtk-*``) 
 from gridfield.gtk.bound import Bound, bound, conjugate_gradient
 from gridfield.gtk.drift import DriftTrace, drift
 from gridfield.gtk.dynamics import Dynamics, frequency_energy, predict_dynamics
+from gridfield.gtk.eigbracket import LambdaMinBracket, lambda_min_bracket
 from gridfield.gtk.engine import GTK, gtk
 from gridfield.gtk.fn import Implementation, KernelFn, gtk_fn
 from gridfield.gtk.operator import GTKOperator
@@ -29,4 +30,5 @@ __all__ = [
     "Bound", "DriftTrace", "Dynamics", "FourierSpectrum", "Spectrum",
     "gtk", "bound", "conjugate_gradient", "drift", "predict_dynamics", "frequency_energy",
     "eigenspectrum", "fourier_spectrum", "offset_sums", "condition_number", "effective_rank",
+    "LambdaMinBracket", "lambda_min_bracket",
 ]

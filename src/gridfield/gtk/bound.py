@@ -63,7 +63,8 @@ def _check_y(y, n: int) -> np.ndarray:
     return y
 
 
-def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 1000, precond=None):
+def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 1000, precond=None,
+                       return_curvature: bool = False):
     """Solve ``A X = B`` (``A`` SPD) by (preconditioned) CG, each column of ``B`` ``[n]`` or ``[n, c]``
     independently but with one (multi-column) ``matvec`` per iteration.
 
@@ -72,6 +73,8 @@ def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 
     ``M^-1 A`` (of ``A`` without a preconditioner), estimates of its ``lambda_min`` from above and
     ``lambda_max`` from below. Returns ``(X, iterations, max relative residual, (ritz_min, ritz_max))``;
     the residual is the true ``||B - A X|| / ||B||`` per column (not the preconditioned one).
+    return_curvature: also return whether a direction with ``p^T A p <= 0`` was met (then ``A`` is not
+    positive definite: that column stopped there).
     """
     one = b.ndim == 1
     b = b[:, None] if one else b
@@ -81,11 +84,12 @@ def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 
     z = r if precond is None else precond(r)
     p, rr = z.copy(), (r * z).sum(0)
     alphas, betas, it = [], [], 0
-    active = np.ones(b.shape[1], bool)
+    active, negative = np.ones(b.shape[1], bool), False
     for it in range(1, maxiter + 1):  # noqa: B007 - the count is returned after the loop
         ap = matvec(p)
         ap = ap[:, None] if ap.ndim == 1 else ap
         pap = (p * ap).sum(0)
+        negative |= bool((active & (pap <= 0)).any())
         active &= pap > 0
         alpha = np.where(active, rr / np.where(active, pap, 1.0), 0.0)
         x += alpha * p
@@ -111,7 +115,8 @@ def conjugate_gradient(matvec, b: np.ndarray, tol: float = 1e-8, maxiter: int = 
         diag = 1 / a + np.concatenate([[0.0], bt[:-1] / a[:-1]])
         ritz = sla.eigvalsh_tridiagonal(diag, np.sqrt(bt[:-1]) / a[:-1])
     res = float((np.linalg.norm(r, axis=0) / bn).max())
-    return (x[:, 0] if one else x), it, res, (float(ritz.min()), float(ritz.max()))
+    out = (x[:, 0] if one else x), it, res, (float(ritz.min()), float(ritz.max()))
+    return (*out, negative) if return_curvature else out
 
 
 def bound(g, y, method: str = "auto", ridge: float | None = None, singular_rtol: float = 1e-10,

@@ -156,10 +156,11 @@ def _sparse_paths(field, x1, x2, others, implementation, dtype, max_bytes, n_par
                  max_bytes, "use wrt='grid' (the paper's GTK) or fewer points")
     d1 = other_jacobian(field, x1, others, dtype) if others else None
     d2 = d1 if (x2 is x1 or d1 is None) else other_jacobian(field, x2, others, dtype)
-    nnz = kernel_nnz_bound(j1, j2)
-    need = 16.0 * nnz + (8.0 * j1.shape[0] * j2.shape[0] if others else 0.0)
     factor = "stacked outputs [n, m*P]" if j1.shape[1] == m * n_grid_params(field.grid) else "row-level [n, rows]"
-    info = {"nnz_jacobian": int(j1.nnz), "nnz_kernel_bound": nnz, "jacobian_factor": factor}
+    info = {"nnz_jacobian": int(j1.nnz), "jacobian_factor": factor}
+    if implementation != "operator":  # the product's size decides (and is checked) only when it is formed
+        nnz = info["nnz_kernel_bound"] = kernel_nnz_bound(j1, j2)
+        need = 16.0 * nnz + (8.0 * j1.shape[0] * j2.shape[0] if others else 0.0)
     if implementation == "auto":
         budget = default_budget() if max_bytes is None else max_bytes
         implementation = "structured" if (need <= budget or x2 is not x1) else "operator"

@@ -571,6 +571,52 @@ torch::Tensor table_grad(bool need, const torch::Tensor& table, const torch::Ten
 
 }  // namespace
 
+// The support itself: global table rows [N, L, 2**d] (int64) and n-linear weights [N, L, 2**d] (x's dtype) of
+// every point at every level, the same as the grids' plain-PyTorch support (used by the GTK toolkit).
+std::vector<torch::Tensor> support(torch::Tensor x, torch::Tensor meta_i, torch::Tensor meta_f, int64_t mode,
+                                   int64_t rows) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "grid_encode.support: contiguous CPU [N, d]");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64,
+              "grid_encode.support: float32 or float64 points");
+  const int64_t dim = x.size(1), n = x.size(0);
+  auto levels = read_levels(meta_i, meta_f, dim, rows);
+  const int64_t L = static_cast<int64_t>(levels.size()), K = int64_t(1) << dim;
+  auto index = torch::empty({n, L, K}, x.options().dtype(torch::kInt64));
+  auto weight = torch::empty({n, L, K}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grid_encode_support", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    int64_t* ip = index.data_ptr<int64_t>();
+    scalar_t* wp = weight.data_ptr<scalar_t>();
+    auto run = [&](auto dc) {
+      constexpr int D = decltype(dc)::value;
+      constexpr int KK = 1 << D;
+      at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
+        Cell<D, scalar_t> cell;
+        for (int64_t i = b; i < e; ++i) {
+          for (int64_t l = 0; l < L; ++l) {
+            const Level& lv = levels[l];
+            if (mode != 0) cell.template locate<2>(xp + i * D, lv);
+            else if (lv.hashed) cell.template locate<0>(xp + i * D, lv);
+            else cell.template locate<1>(xp + i * D, lv);
+            const int64_t o = (i * L + l) * KK;
+            GF_UNROLL for (int k = 0; k < KK; ++k) {
+              ip[o + k] = cell.row[k];
+              wp[o + k] = cell.w[k];
+            }
+          }
+        }
+      });
+    };
+    switch (dim) {
+      case 1: run(std::integral_constant<int, 1>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      default: TORCH_CHECK(false, "grid_encode.support: dim must be 1, 2 or 3, got ", dim);
+    }
+  });
+  return {index, weight};
+}
+
 torch::Tensor forward(torch::Tensor table, torch::Tensor x, torch::Tensor meta_i, torch::Tensor meta_f,
                       int64_t mode) {
   check_inputs(table, x);
@@ -639,6 +685,7 @@ std::vector<torch::Tensor> double_backward(torch::Tensor gout, torch::Tensor tab
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gridfield fused grid encoding (hash / dense), CPU";
   m.def("forward", &forward, "features [N, L*F]");
+  m.def("support", &support, "(rows int64 [N, L, 2**d], weights [N, L, 2**d]) of every point and level");
   m.def("backward", &backward, "(grad table, grad x); empty tensors where not needed; grad table written into "
         "gt_out when it is not empty");
   m.def("double_backward", &double_backward, "(grad gout, grad table, grad x) of backward's outputs; grad table "
