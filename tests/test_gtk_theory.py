@@ -98,3 +98,112 @@ def test_linear_decoder_kernel_scales_by_readout_norm():
     a = dec.weight.detach().numpy()
     expected = (a**2).sum() / 3 * s @ s.T
     np.testing.assert_allclose(gtk(Field(grid, dec), x).dense(), expected, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------------
+# Theorem 1 beyond linear models (gridfield.analyses.theory_mlp): the empirical NTK wrt all parameters
+# ------------------------------------------------------------------------------------------------
+def _points_and_target(n: int = 40, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 2 - 1
+    return x, torch.sin(3 * x[:, :1]) * torch.cos(2 * x[:, 1:])
+
+
+def _smooth_mlp_field(name: str, width: int = 16, seed: int = 1) -> Field:
+    """A grid with a tanh MLP decoder (1 output): smooth in every parameter, so the first GD step's
+    departure from the linear prediction is exactly the second-order Taylor term, up to O(eta^3)."""
+    grid = small_field(name, "identity", seed=seed).grid
+    torch.manual_seed(seed + 1)
+    dec = torch.nn.Sequential(torch.nn.Linear(grid.out_dim, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+                              torch.nn.Tanh(), torch.nn.Linear(width, 1))
+    dec.out_dim = 1
+    return Field(grid, dec).double()
+
+
+@pytest.mark.parametrize("name", ["dense", "planes", "ffmlp"])
+def test_theorem1_linearized_gd_equals_prediction_for_mlp_models(name):
+    """GD on f_lin(w) = f(w0) + J(w0)(w - w0) (reverse-mode J and J^T, no kernel) follows the prediction
+    from gtk_fn's G = J J^T (structured path for the grids) to rounding; planes: grid_sample, no forward AD."""
+    from gridfield.analyses import theory_mlp as tm
+
+    x, y = _points_and_target()
+    model = tm.build_mlp_model("ffmlp", 16, 1.0) if name == "ffmlp" else small_field(name, "mlp", out=1, seed=1)
+    run = tm.linearization_run(model, x, y, steps=40, eta_scale=1.0, drift_every=20)
+    lin, pred = run.loss(run.linearized), run.loss(run.predicted)
+    assert pred[-1] < 0.7 * pred[0], pred  # it trained: the check is not on a still model
+    assert run.linearized_error() < 1e-8, run.linearized_error()
+    np.testing.assert_allclose(lin, pred, rtol=1e-8)
+    assert run.output_gap() > 1e-4 and run.drift[-1] > 1e-3, (run.output_gap(), run.drift)  # nonlinear: departs
+
+
+@pytest.mark.parametrize("name", ["dense", "hash"])
+def test_theorem1_first_step_is_exact_to_first_order_for_mlp_decoders(name):
+    """Actual first step minus predicted first step = eta^2/2 f''(w0)[g, g] + O(eta^3), g = -dL/dw."""
+    from torch.func import functional_call, jvp
+
+    from gridfield.analyses import theory_mlp as tm
+
+    x, y = _points_and_target()
+    field = _smooth_mlp_field(name)
+    fn = lambda p: functional_call(field, p, (x,))  # noqa: E731
+    w0 = {k: v.detach().clone().requires_grad_(True) for k, v in field.named_parameters()}
+    grads = torch.autograd.grad(0.5 * ((fn(w0) - y) ** 2).sum(), list(w0.values()))
+    w0 = {k: v.detach() for k, v in w0.items()}
+    for scale in (0.5, 0.1):
+        run = tm.linearization_run(field, x, y, steps=1, eta_scale=scale, drift_every=1)
+        step = {k: -run.eta * g for k, g in zip(w0, grads)}
+        second = 0.5 * jvp(lambda p, s=step: jvp(fn, (p,), (s,))[1], (w0,), (step,))[1].numpy()  # [n, 1]: O(eta^2)
+        d_pred = run.predicted[1] - run.predicted[0]
+        gap = run.actual[1] - run.actual[0] - d_pred
+        assert np.linalg.norm(gap) > 1e-3 * np.linalg.norm(second), scale  # the model is not linear
+        # the remainder after the second-order term is O(eta^3): 20% of it at 0.5 / lambda_max, 4% at 0.1
+        assert np.linalg.norm(gap - second) < 0.4 * scale * np.linalg.norm(second), scale
+        assert np.linalg.norm(gap) < scale * 0.05 * np.linalg.norm(d_pred), scale  # first order dominates
+        assert run.drift[-1] > 0
+
+
+def test_theorem1_relu_mlp_first_step_gap_is_second_order():
+    """The project's ReLU MLP decoder (kinks: no Taylor term to compare): halving eta quarters the gap."""
+    from gridfield.analyses import theory_mlp as tm
+
+    x, y = _points_and_target()
+    field = small_field("dense", "mlp", out=1, seed=1)
+    err = [tm.linearization_run(field, x, y, steps=1, eta_scale=s).first_step_error() for s in (0.4, 0.2, 0.1)]
+    # first_step_error is relative to the (O(eta)) predicted step, so O(eta^2) gaps halve with eta
+    assert 0 < err[2] < 0.7 * err[1] < 0.49 * err[0] and err[0] < 0.05, err
+
+
+@pytest.mark.parametrize("name", ["dense", "planes"])
+def test_theorem1_harness_gap_is_zero_for_a_linear_model(name):
+    """Identity decoder: linear in all parameters, one shared kernel per channel: no gap, no drift."""
+    from gridfield.analyses import theory_mlp as tm
+
+    x, _ = _points_and_target()
+    field = small_field(name, "identity", seed=2)
+    y = torch.sin(3 * x[:, :1] + torch.arange(field.out_dim, dtype=torch.float64)) * torch.cos(2 * x[:, 1:])
+    run = tm.linearization_run(field, x, y, steps=30, eta_scale=1.0, drift_every=10)
+    assert run.loss(run.actual)[-1] < 0.5 * run.loss(run.actual)[0]
+    assert run.output_gap() < 1e-10 and run.linearized_error() < 1e-10, (run.output_gap(), run.linearized_error())
+    assert abs(run.loss_gap()) < 1e-10 and max(run.drift) < 1e-12 and run.first_step_error() < 1e-10
+
+
+def test_theorem1_mlp_part_of_gtk_theory_runs_and_checks_options(tmp_path):
+    from gridfield.analyses.theory import TheoryConfig, run
+    from gridfield.errors import InputError
+
+    small = dict(models=("dense",), fit_models=("dense",), side=4, gd_steps=2, adam_steps=2, drift_every=1,
+                 image="camera", image_size=8, fit_steps=2, mlp_models=("dense", "ffmlp"), mlp_widths=(4, 8),
+                 mlp_steps=4, mlp_drift_every=2)
+    for bad, option in ((dict(mlp_eta=2.0), "--mlp-eta"), (dict(mlp_eta=float("nan")), "--mlp-eta"),
+                        (dict(mlp_models=("nosuch",)), "--mlp-models"), (dict(mlp_widths=()), "--mlp-widths"),
+                        (dict(mlp_widths=(8, 8)), "--mlp-widths"), (dict(mlp_feature_scale=0.0), "--mlp-feature"),
+                        (dict(mlp_steps=0), "--mlp-steps")):
+        with pytest.raises(InputError, match=option):
+            run(TheoryConfig(out=tmp_path / "bad", **(small | bad)))
+        assert not (tmp_path / "bad").exists()
+    payload = run(TheoryConfig(out=tmp_path / "out", **small))
+    runs = payload["theorem1_mlp"]["runs"]
+    assert set(runs) == {"dense/width4", "dense/width8", "ffmlp/width4", "ffmlp/width8"}
+    for r in runs.values():
+        assert len(r["loss_actual"]) == 5 and r["drift_steps"] == [0, 2, 4] and r["linearized_vs_predicted"] < 1e-8
+    assert (tmp_path / "out" / payload["figures"]["dynamics_mlp"]).is_file()

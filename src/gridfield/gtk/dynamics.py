@@ -5,8 +5,10 @@ squared error over ``n`` points and ``c`` channels, ``F.mse_loss``, is ``loss_sc
 
 * gradient flow: ``O(t) = Y + exp(-s G t) (O(0) - Y)``;
 * gradient descent with step ``eta``: ``O_t = Y + (I - eta s G)^t (O_0 - Y)``, exact when the model
-  is linear in ``w`` with a fixed kernel (and the channels decouple with the same kernel, as for an
-  identity decoder; with one output channel always).
+  is linear in ``w`` with a fixed kernel (and the channels decouple with the same kernel: with one
+  output channel always; an identity decoder on a one-level grid; not on several levels, where each
+  level's channels have their own kernel: then pass the ``[n c, n c]`` kernel over points and channels,
+  ``gtk_fn(..., channels="full")`` reshaped, with ``y`` and ``o0`` as ``[n c, 1]``).
 """
 
 from __future__ import annotations
