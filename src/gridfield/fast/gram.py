@@ -17,6 +17,7 @@ from gridfield.fast._build import want_fast
 
 NAME = "gridfield_gram"
 SOURCES = ("gram.cpp",)
+WORKSPACE_BYTES = 2**28  #: cap on the per-thread table copies (more columns are done in blocks)
 
 
 def ell_from_csr(jac: sp.csr_matrix) -> tuple[Tensor, Tensor]:
@@ -71,6 +72,9 @@ class GramProduct:
         v = v.to(self.vals.dtype).contiguous()
         if self.ext is None:
             return gram_matvec_reference(self.cols, self.vals, v, self.n_cols)
+        block = max(1, WORKSPACE_BYTES // (self.threads * self.n_cols * v.element_size()))
+        if v.shape[1] > block:  # many right-hand sides (e.g. densifying): bounded workspace, column blocks
+            return torch.cat([self(v[:, i : i + block]) for i in range(0, v.shape[1], block)], 1)
         c = v.shape[1]
         if self._ws is None or self._ws.shape[2] != c:
             self._ws = torch.empty(self.threads, self.n_cols, c, dtype=v.dtype)

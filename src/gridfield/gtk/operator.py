@@ -39,7 +39,7 @@ class GTKOperator(LinearOperator):
 
     def _product(self, v: np.ndarray) -> np.ndarray:
         """``J (J^T v)`` for ``v`` ``[n, c]``."""
-        if self.gram is not None:
+        if self.gram is not None and v.shape[1] <= 8:  # (wide blocks, e.g. densifying: SciPy's sparse products)
             return self.gram(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))).numpy()
         if v.shape[1] <= 8:  # SciPy's single-vector kernels are faster than its multi-vector ones
             return np.stack([self.jac @ (self.jac_t @ c) for c in v.T], 1)
