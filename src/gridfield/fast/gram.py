@@ -79,3 +79,23 @@ class GramProduct:
         if self._ws is None or self._ws.shape[2] != c:
             self._ws = torch.empty(self.threads, self.n_cols, c, dtype=v.dtype)
         return self.ext.gram_matvec(self.cols, self.vals, v, self._ws)
+
+
+def sparse_gram(j1: sp.csr_matrix, j2: sp.csr_matrix, backend: str = "auto", sort: bool = False) -> sp.csr_matrix:
+    """``J1 J2^T`` as a CSR matrix ``[n1, n2]`` (unique indices per row; sorted when ``sort``) of two float64 CSR
+    matrices with the same columns: the C++ row-by-row product (threads over rows) where it applies, else
+    SciPy's."""
+    ok = j1.dtype == np.float64 and j2.dtype == np.float64 and j1.shape[1] == j2.shape[1] < 2**31
+    ext = want_fast(backend, NAME, SOURCES, ok and j2.shape[0] < 2**31, "float64 CSR with int32-sized shapes")
+    if ext is None:
+        return (j1 @ j2.T).tocsr()
+    t2 = j2.tocsc()
+    args = [torch.from_numpy(np.ascontiguousarray(a, dtype=dt)) for a, dt in (
+        (j1.indptr, np.int64), (j1.indices, np.int32), (j1.data, np.float64),
+        (t2.indptr, np.int64), (t2.indices, np.int32), (t2.data, np.float64))]
+    if j1.nnz and (int(j1.indices.min()) < 0 or int(j1.indices.max()) >= j1.shape[1]):
+        raise ValueError("sparse_gram: column index out of range")
+    indptr, indices, data = ext.gram_sparse(*args, j2.shape[0], sort)
+    out = sp.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=(j1.shape[0], j2.shape[0]))
+    out.has_sorted_indices = sort
+    return out

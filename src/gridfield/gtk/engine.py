@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from gridfield.errors import InputError
+from gridfield.fast.gram import sparse_gram
 from gridfield.fields import Field, IdentityDecoder
 from gridfield.grids.base import Grid
 from gridfield.gtk._checks import check_budget, check_choice, check_points, default_budget
@@ -170,7 +171,8 @@ def _sparse_paths(field, x1, x2, others, implementation, dtype, max_bytes, n_par
         return GTK(GTKOperator(j1, m, d1), "operator", wrt, m, n_par, 0.0, info, precond)
     check_budget(f"the structured GTK ({j1.shape[0]} x {j2.shape[0]}, up to {nnz} non-zeros)", need, max_bytes,
                  "use implementation='operator' (matrix-free) for a square kernel, or fewer points")
-    g = (j1 @ j2.T).tocsr() / m
+    g = sparse_gram(j1, j2)  # C++ row-by-row product (SciPy's where it does not apply)
+    g.data /= m
     if d1 is not None:
         g = g.toarray() + d1 @ d2.T / m
     return GTK(g, "structured", wrt, m, n_par, 0.0, info)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from gridfield.errors import InputError
+from gridfield.fast.gram import sparse_gram
 from gridfield.gtk._fn_jac import (
     NotStructured,
     budget,
@@ -264,7 +265,9 @@ class KernelFn:
             refuse_over(16.0 * nnz, f"the sparse kernel (up to {nnz} non-zeros)", request,
                         "use KernelFn.operator(x) (matrix-free) for a square kernel, or fewer points "
                         "(or pass a larger max_bytes)", self.max_bytes, s["device"])
-            return (j1 @ j2.T).tocsr() / m
+            g = sparse_gram(j1, j2)
+            g.data /= m
+            return g
         refuse_over(self._kernel_bytes(s), f"the dense kernel ({self.channels})", request,
                     "use fewer points or channels='trace' (or pass a larger max_bytes)", self.max_bytes,
                     s["device"])

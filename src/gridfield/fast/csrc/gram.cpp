@@ -1,6 +1,10 @@
-// Gram-matrix products of a sparse Jacobian stored with a fixed number of entries per row (ELL layout):
-// out = J (J^T v), the matrix-free GTK's matvec (gridfield/gtk/operator.py).
+// Gram-matrix products of sparse Jacobians, for the GTK toolkit (gridfield/gtk):
 //
+// * gram_matvec: out = J (J^T v) for J stored with a fixed number of entries per row (ELL layout), the
+//   matrix-free GTK's matvec (gridfield/gtk/operator.py);
+// * gram_sparse: the sparse kernel K = J1 J2^T itself (CSR), the structured GTK (gridfield/gtk/engine.py).
+//
+// gram_matvec:
 // J is [n, n_cols] with row i holding cols[i, k] / vals[i, k], k < K (padding entries have val 0;
 // repeated columns within a row are allowed and add up). v is [n, c] (c right-hand sides, each a column).
 // Step 1, u = J^T v [n_cols, c]: every thread scatters its block of rows into its own slice of the
@@ -12,8 +16,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -105,6 +111,92 @@ torch::Tensor gram_matvec(torch::Tensor cols, torch::Tensor vals, torch::Tensor 
   return out;
 }
 
+// gram_sparse: K = J1 J2^T for J1 [n1, P] in CSR (indptr1 int64 [n1 + 1], indices1 int32, data1 float64) and
+// J2 [n2, P] given by its transpose in CSR, i.e. J2 in CSC (colptr2 int64 [P + 1], rows2 int32, data2).
+// Gustavson's row-by-row product: row i of K accumulates data1 * data2 over the points j sharing a
+// column with point i, in a dense accumulator of n2 values per thread; K's rows have unique indices, in
+// first-touch order or sorted (``sorted``). Column indices of J1 must lie in [0, P) (the caller checks).
+// Parallel over blocks of rows; every block writes its own buffers, joined at the end. Deterministic.
+// Returns (indptr int64 [n1 + 1], indices int32 [nnz], data float64 [nnz]).
+std::vector<torch::Tensor> gram_sparse(torch::Tensor indptr1, torch::Tensor indices1, torch::Tensor data1,
+                                       torch::Tensor colptr2, torch::Tensor rows2, torch::Tensor data2, int64_t n2,
+                                       bool sorted) {
+  for (const auto* t : {&indptr1, &colptr2})
+    TORCH_CHECK(t->dtype() == torch::kInt64 && t->dim() == 1 && t->is_contiguous(), "gram_sparse: int64 pointers");
+  for (const auto* t : {&indices1, &rows2})
+    TORCH_CHECK(t->dtype() == torch::kInt32 && t->dim() == 1 && t->is_contiguous(), "gram_sparse: int32 indices");
+  for (const auto* t : {&data1, &data2})
+    TORCH_CHECK(t->dtype() == torch::kFloat64 && t->dim() == 1 && t->is_contiguous(), "gram_sparse: float64 data");
+  const int64_t n1 = indptr1.size(0) - 1, p = colptr2.size(0) - 1;
+  TORCH_CHECK(n1 >= 0 && p >= 0 && n2 >= 0 && n2 < (int64_t(1) << 31), "gram_sparse: bad sizes");
+  const int64_t* ip1 = indptr1.data_ptr<int64_t>();
+  const int32_t* ix1 = indices1.data_ptr<int32_t>();
+  const double* d1 = data1.data_ptr<double>();
+  const int64_t* cp2 = colptr2.data_ptr<int64_t>();
+  const int32_t* r2 = rows2.data_ptr<int32_t>();
+  const double* d2 = data2.data_ptr<double>();
+  TORCH_CHECK(ip1[n1] == indices1.size(0) && indices1.size(0) == data1.size(0) && cp2[p] == rows2.size(0) &&
+                  rows2.size(0) == data2.size(0), "gram_sparse: pointer / array lengths disagree");
+  const int64_t block = 256;
+  const int64_t n_blocks = (n1 + block - 1) / block;
+  std::vector<std::vector<int32_t>> out_idx(n_blocks);
+  std::vector<std::vector<double>> out_val(n_blocks);
+  std::vector<int64_t> row_nnz(n1 + 1, 0);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> acc(n2, 0.0);
+    std::vector<char> seen(n2, 0);
+    std::vector<int32_t> touched(static_cast<size_t>(n2) + 1);
+    for (int64_t b = b0; b < b1; ++b) {
+      auto& idx = out_idx[b];
+      auto& val = out_val[b];
+      for (int64_t i = b * block; i < std::min(n1, (b + 1) * block); ++i) {
+        int64_t cnt = 0;
+        for (int64_t a = ip1[i]; a < ip1[i + 1]; ++a) {
+          const int32_t col = ix1[a];  // in [0, p): checked by the caller
+          const double w = d1[a];
+          for (int64_t c = cp2[col]; c < cp2[col + 1]; ++c) {
+            const int32_t j = r2[c];
+            touched[cnt] = j;  // branch-free append of a first touch
+            cnt += 1 - seen[j];
+            seen[j] = 1;
+            acc[j] += w * d2[c];
+          }
+        }
+        if (sorted) std::sort(touched.begin(), touched.begin() + cnt);
+        const size_t base = idx.size();
+        idx.resize(base + cnt);
+        val.resize(base + cnt);
+        for (int64_t t = 0; t < cnt; ++t) {  // first-touch order unless sorted
+          const int32_t j = touched[t];
+          idx[base + t] = j;
+          val[base + t] = acc[j];
+          acc[j] = 0.0;
+          seen[j] = 0;
+        }
+        row_nnz[i + 1] = cnt;
+      }
+    }
+  });
+  auto indptr = torch::empty({n1 + 1}, torch::kInt64);
+  int64_t* op = indptr.data_ptr<int64_t>();
+  op[0] = 0;
+  for (int64_t i = 0; i < n1; ++i) op[i + 1] = op[i] + row_nnz[i + 1];
+  const int64_t nnz = op[n1];
+  auto indices = torch::empty({nnz}, torch::kInt32);
+  auto data = torch::empty({nnz}, torch::kFloat64);
+  int32_t* oi = indices.data_ptr<int32_t>();
+  double* ov = data.data_ptr<double>();
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = op[std::min(n1, b * block)];
+      std::copy(out_idx[b].begin(), out_idx[b].end(), oi + start);
+      std::copy(out_val[b].begin(), out_val[b].end(), ov + start);
+    }
+  });
+  return {indptr, indices, data};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gram_matvec", &gram_matvec, "J (J^T v) for an ELL sparse J (cols int32 [n, K], vals [n, K])");
+  m.def("gram_sparse", &gram_sparse, "K = J1 J2^T (CSR) from J1 in CSR and J2 in CSC");
 }
