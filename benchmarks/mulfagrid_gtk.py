@@ -38,12 +38,20 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED_DATA, machine, markdown_table  # noqa: E402
-from gridfield.data.images import load_image, pixel_coords  # noqa: E402
-from gridfield.gtk import bound, eigenspectrum, fourier_spectrum, gtk  # noqa: E402
+from gridfield.analyses import ranking as rk  # noqa: E402
+from gridfield.analyses.ranking import (  # noqa: E402, F401 (re-exported for tests/test_mulfagrid_gtk_bench.py)
+    QUANTITIES,
+    prepare_image,
+    spearman,
+    spectrum_measures,
+    trace_normalized_bound,
+    training_points,
+)
+from gridfield.data.images import pixel_coords  # noqa: E402
+from gridfield.gtk import gtk  # noqa: E402
 from gridfield.models import build_field, count_parameters  # noqa: E402
 from gridfield.tasks.image_fit import fit_image, holdout_mask  # noqa: E402
 
@@ -74,21 +82,6 @@ VARIANTS: dict[str, tuple] = {
     "mf-dense": ("mulfagrid", "dense", "linear", {}, {}, 1e-1, 1e-2, "MulFAGrid dense layout (stable), L=2, w 16"),
 }
 
-#: GTK quantities correlated with hold-out PSNR: key -> (label, sign a theory predicts: Theorem 3 for the
-#: bounds, the kernel-target-alignment argument for the alignment; 0 where none does)
-QUANTITIES: dict[str, tuple[str, int]] = {
-    "bound": ("bound B (targets y - O(0))", -1),
-    "bound_centered": ("bound B (targets y - mean y)", -1),
-    "bound_ridge": ("bound B (y - mean y, ridge 1e-3)", -1),
-    "effective_rank": ("effective rank (sum l)^2 / sum l^2", 0),
-    "erank_entropy": ("effective rank exp(H) (library)", 0),
-    "topk_energy": ("top-k eigenvalue energy share", 0),
-    "decay_exponent": ("spectral decay exponent", 0),
-    "hf_fraction": ("high-frequency share of S(omega)", 0),
-    "alignment": ("kernel-target alignment", +1),
-}
-
-
 def build(name: str, budget_kwargs: dict, seed: int = 0) -> torch.nn.Module:
     """Variant ``name`` (float32) with its size arguments ``budget_kwargs``, initialised from ``seed``."""
     model, layout, decoder, dec_kw, kernel, *_ = VARIANTS[name]
@@ -114,73 +107,26 @@ def match_budget(name: str, target: int) -> dict:
     """
     layout = VARIANTS[name][1]
     if layout == "dense":
-        cands = [{"resolutions": r} for r in range(8, 129)]
+        rows = [[{"resolutions": r} for r in range(8, 129)]]
     else:
-        cands = [{"log2_hashmap_size": t, "finest_resolution": f} for t in (9, 10, 11, 12) for f in range(32, 81, 2)]
+        rows = [[{"log2_hashmap_size": t, "finest_resolution": f} for t in (9, 10, 11, 12)] for f in range(32, 81, 2)]
 
-    def cost(kw):
-        pref = 0.0 if layout == "dense" else abs(kw["log2_hashmap_size"] - 11) + abs(kw["finest_resolution"] - 48) / 48
-        return abs(count_parameters(build(name, kw)) - target), pref
+    def pref(kw):
+        return 0.0 if layout == "dense" else abs(kw["log2_hashmap_size"] - 11) + abs(kw["finest_resolution"] - 48) / 48
 
-    return min(cands, key=cost)
-
-
-def prepare_image(path: Path, size: int) -> torch.Tensor:
-    """``[size, size, 1]`` luminance: downscaled to ``1.5 * size`` on the long side, centre crop."""
-    img = load_image(str(path), max_size=int(round(1.5 * size)))
-    h, w, _ = img.shape
-    if min(h, w) < size:
-        img = load_image(str(path), max_size=int(round(size * max(h, w) / min(h, w))) + 1)
-        h, w, _ = img.shape
-    top, left = (h - size) // 2, (w - size) // 2
-    crop = img[top : top + size, left : left + size, :3]
-    lum = crop @ torch.tensor([0.299, 0.587, 0.114], dtype=crop.dtype) if crop.shape[-1] == 3 else crop[..., 0]
-    return lum.unsqueeze(-1).contiguous()
-
-
-def training_points(h: int, w: int, holdout: float, seed: int, max_points: int) -> torch.Tensor:
-    """Indices (row-major pixels) of the training pixels the fit uses (``fit_image``'s mask for ``seed``),
-    subsampled without replacement to ``max_points`` (fixed generator) when there are more."""
-    test = holdout_mask(h, w, holdout, "random", torch.Generator().manual_seed(seed))
-    idx = torch.nonzero(~test).squeeze(1)
-    if idx.numel() > max_points:
-        keep = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed + 12345))[:max_points]
-        idx = idx[keep.sort().values]
-    return idx
-
-
-def trace_normalized_bound(g, y, ridge: float | None = None):
-    """The library's bound of ``G / (trace(G)/n)``: ``sqrt(2 mean_c y_c^T G^-1 y_c / n)``, Cholesky;
-    ridge ``ridge * trace(G)/n`` when given, else the library's default (``1e-6`` only when ``G`` is
-    numerically singular). Returns the :class:`gridfield.gtk.Bound` (its ``normalized`` is the value)."""
-    return bound(g, y, method="cholesky", ridge=ridge)
-
-
-def spectrum_measures(eigenvalues: np.ndarray, topk: int) -> dict:
-    """Participation-ratio effective rank, top-``topk`` energy share and the decay exponent ``alpha`` of
-    ``l_i ~ i^-alpha`` (least squares in log-log over ``i`` in ``[4, n/4]``) of ``eigenvalues``."""
-    lam = np.clip(np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1], 0, None)
-    lam = lam / lam.sum()
-    i = np.arange(1, len(lam) + 1)
-    sel = (i >= 4) & (i <= max(8, len(lam) // 4)) & (lam > 0)
-    slope = np.polyfit(np.log(i[sel]), np.log(lam[sel]), 1)[0]
-    return {"effective_rank": float(lam.sum() ** 2 / (lam**2).sum()), "topk_energy": float(lam[:topk].sum()),
-            "decay_exponent": float(-slope)}
+    return rk.closest_to_budget(rows, lambda kw: count_parameters(build(name, kw)), target, pref)
 
 
 def high_frequency_fraction(field64, h: int, w: int, cutoff: float) -> float:
     """Share of ``sum_omega S(omega)`` (= trace G) at ``|omega| > cutoff`` cycles: the exact Fourier
     spectrum (:func:`gridfield.gtk.fourier_spectrum`) of the grid GTK on the full ``h x w`` pixel lattice."""
-    g = gtk(field64, pixel_coords(h, w).double(), implementation="structured")
-    fs = fourier_spectrum(g, (h, w))
-    r = np.hypot(*np.meshgrid(*fs.freqs, indexing="ij"))
-    s = np.clip(fs.values, 0, None)
-    return float(s[r > cutoff].sum() / s.sum())
+    return rk.hf_share(gtk(field64, pixel_coords(h, w).double(), implementation="structured"), (h, w), cutoff)
 
 
 def gtk_quantities(field, x: torch.Tensor, y: torch.Tensor, shape: tuple[int, int], topk: int,
                    hf_cutoff: float, ridge: float) -> dict:
-    """GTK quantities at initialisation of ``field`` on the points ``x`` ``[n, 2]`` with targets ``y`` ``[n, 1]``.
+    """GTK quantities at initialisation of ``field`` on the points ``x`` ``[n, 2]`` with targets ``y`` ``[n, 1]``
+    (:func:`gridfield.analyses.ranking.target_quantities` and ``spectrum_quantities``).
 
     The GTK is taken wrt the grid features only (``wrt="grid"``) on a float64 copy of the field.
     """
@@ -191,20 +137,9 @@ def gtk_quantities(field, x: torch.Tensor, y: torch.Tensor, shape: tuple[int, in
     g = gtk(f64, x, wrt="grid", implementation="structured", dtype=torch.float64)
     with torch.no_grad():
         r0 = y - f64(x)
-    yc = y - y.mean()
-    b = trace_normalized_bound(g, r0)
-    bc = trace_normalized_bound(g, yc)
-    br = trace_normalized_bound(g, yc, ridge=ridge)
-    spec = eigenspectrum(g, dense_limit=8192)
-    gd = g.dense()
-    gd = gd / (np.trace(gd) / gd.shape[0])
-    ycn = yc.numpy()
-    align = float((ycn.T @ gd @ ycn).item() / (np.linalg.norm(gd) * (ycn**2).sum()))
-    out = {"bound": b.normalized, "bound_centered": bc.normalized, "bound_ridge": br.normalized,
-           "singular": bool(bc.singular), "ridge_default": bc.ridge, "lambda_min_over_mean": b.lambda_min / b.mean_diag,
-           **spectrum_measures(spec.eigenvalues, topk), "erank_entropy": spec.effective_rank,
-           "hf_fraction": high_frequency_fraction(f64, *shape, hf_cutoff), "alignment": align,
-           "n_gtk": int(x.shape[0]), "grid_params": int(g.n_params)}
+    out = {**rk.target_quantities(g, y, r0, ridge), **rk.spectrum_quantities(g, topk), "alignment": rk.alignment(g, y),
+           "hf_fraction": high_frequency_fraction(f64, *shape, hf_cutoff), "n_gtk": int(x.shape[0]),
+           "grid_params": int(g.n_params)}
     out["gtk_seconds"] = time.perf_counter() - t0
     return out
 
@@ -212,29 +147,7 @@ def gtk_quantities(field, x: torch.Tensor, y: torch.Tensor, shape: tuple[int, in
 def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (variant, image): the mean over initialisation seeds (geometric mean for the bounds,
     whose values span decades; ``singular``: in how many seeds the library added its ridge)."""
-    out: dict[tuple, dict] = {}
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["variant"], r["image"]), []).append(r)
-    for key, rs in groups.items():
-        row = {"variant": key[0], "image": key[1], "params": rs[0]["params"], "seeds": len(rs),
-               "singular": f"{sum(r['singular'] for r in rs)}/{len(rs)}"}
-        for k, v in rs[0].items():
-            if k in row or k in ("init_seed",) or not isinstance(v, (int, float)) or isinstance(v, bool):
-                continue
-            vals = np.array([r[k] for r in rs], dtype=float)
-            row[k] = float(np.exp(np.log(vals).mean()) if k.startswith("bound") else vals.mean())
-        row["test_psnr_spread"] = float(np.ptp([r["test_psnr"] for r in rs]))
-        out[key] = row
-    return list(out.values())
-
-
-def spearman(a, b) -> float:
-    """Spearman's rho of two sequences (``nan`` when either is constant)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
+    return rk.aggregate(runs, key="variant", seed_key="init_seed")
 
 
 def correlations(rows: list[dict], images: list[str], resamples: int, seed: int = 0) -> dict:
@@ -242,26 +155,8 @@ def correlations(rows: list[dict], images: list[str], resamples: int, seed: int 
     bootstrap interval of the mean per-image rho (variants resampled with replacement, same draw for all
     images)."""
     names = sorted({r["variant"] for r in rows}, key=list(VARIANTS).index)
-    table = {(r["variant"], r["image"]): r for r in rows}
-    rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(names), len(names)) for _ in range(resamples)]
-    out = {}
-    for q in [*QUANTITIES, "train_psnr", "params"]:
-        per = {}
-        for im in images:
-            per[im] = spearman([table[n, im][q] for n in names], [table[n, im]["test_psnr"] for n in names])
-        boot = []
-        for d in draws:
-            vals = [spearman([table[names[i], im][q] for i in d], [table[names[i], im]["test_psnr"] for i in d])
-                    for im in images]
-            if not all(np.isnan(vals)):
-                boot.append(np.nanmean(vals))
-        mean = float(np.nanmean(list(per.values())))
-        lo, hi = (np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"),) * 2)
-        pooled = spearman([r[q] for r in rows], [r["test_psnr"] for r in rows])
-        out[q] = {"per_image": per, "mean": mean, "ci95": [float(lo), float(hi)], "pooled": pooled,
-                  "expected_sign": QUANTITIES[q][1] if q in QUANTITIES else 0}
-    return out
+    return rk.correlations(rows, [*QUANTITIES, "train_psnr", "params"], names, images, ("model",), resamples, seed,
+                           key="variant", signs={q: s for q, (_, s) in QUANTITIES.items()})
 
 
 def within_seed(runs: list[dict], layout: str | None = "hash") -> dict:
@@ -325,21 +220,12 @@ def plot(rows: list[dict], corr: dict, images: list[str], path: Path) -> list[st
     return qs
 
 
-def _fmt(v: float) -> str:
-    return "nan" if not np.isfinite(v) else f"{v:+.2f}"
+_fmt = rk.fmt_rho
 
 
 def corr_table(corr: dict, images: list[str]) -> str:
     """Markdown table of :func:`correlations`."""
-    ctab = ("| quantity | expected sign | " + " | ".join(images) + " | mean per image | 95% bootstrap | pooled |\n"
-            "|---|---|" + "---|" * len(images) + "---|---|---|\n")
-    for q, c in corr.items():
-        label = QUANTITIES[q][0] if q in QUANTITIES else {"train_psnr": "(not GTK) train PSNR",
-                                                           "params": "(not GTK) parameter count"}[q]
-        ctab += (f"| {label} | {'-?+'[c['expected_sign'] + 1]} | "
-                 + " | ".join(_fmt(c["per_image"][im]) for im in images)
-                 + f" | **{_fmt(c['mean'])}** | [{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}] | {_fmt(c['pooled'])} |\n")
-    return ctab
+    return rk.corr_table(corr, images, lambda q: QUANTITIES[q][0] if q in QUANTITIES else rk.REFERENCE_ROWS[q])
 
 
 def markdown(payload: dict, old: str | None) -> str:
@@ -378,7 +264,7 @@ pixels, predict which MulFAGrid variant generalizes best (hold-out PSNR after tr
   in float64 (a float64 copy of the float32 model), at initialisation, on the training pixels
   ({s['max_points']} at most: here n = {payload['n_gtk']}, the same points for every variant).
 * Quantities (G normalized to trace(G)/n = 1 throughout):
-  * **bound** `sqrt(2 y^T G^-1 y / n)`: `gridfield.gtk.bound(G, y, method="cholesky")`, value
+  * **bound** `sqrt(2 y^T G^-1 y / n)`: `gridfield.gtk.bound(G, y)` (Cholesky at this n), value
     `Bound.normalized`. The library adds a ridge only when G is numerically singular
     (lambda_min <= 1e-10 lambda_max): then `(G + 1e-6 trace(G)/n I)^-1`. Three versions: targets
     `y - O(0)` (the residual at initialisation, as `gridfield gtk-theory` does), centred targets

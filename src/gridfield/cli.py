@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gtk-bound-map": ("gridfield.analyses.bound_map", "BoundMapConfig", "run"),
     "gtk-error-maps": ("gridfield.analyses.error_maps", "ErrorMapsConfig", "run"),
     "gtk-theory": ("gridfield.analyses.theory", "TheoryConfig", "run"),
+    "gtk-ranking": ("gridfield.analyses.ranking", "RankingConfig", "run"),
     "nerf": ("gridfield.tasks.nerf", "NerfConfig", "run"),
     "make-scene": ("gridfield.tasks.nerf", "MakeSceneConfig", "run_make_scene"),
     "render": ("gridfield.tasks.nerf_export", "RenderVideoConfig", "run_render_video"),

@@ -22,7 +22,7 @@ from gridfield.outdir import write_dir_atomically
 from gridfield.report.figures import model_color as palette
 from gridfield.threads import single_thread
 
-_EXTRA_COLORS = {"planes-product": "#bcbd22"}
+_EXTRA_COLORS = {"planes-product": "#bcbd22", "hash-mlp": "#ff9896", "mulfagrid-paper": "#c5b0d5"}
 # The line-up (gridfield.presets.analyses): resolutions 8..32, about the same number of grid rows each.
 DEFAULT_MODELS = tuple(presets.models("analyses"))
 # Models of the image fits (MulFAGrid's kernel network makes it the slowest: ~0.2 s per step at 48x48).
@@ -30,7 +30,8 @@ FIT_MODELS = DEFAULT_MODELS
 
 
 def model_color(name: str) -> str:
-    """One fixed colour per model (the project's palette, plus the product planes)."""
+    """One fixed colour per model (the project's palette, plus the product planes and the variants of
+    ``gtk-ranking``)."""
     if name in _EXTRA_COLORS:
         return _EXTRA_COLORS[name]
     return palette(name)
