@@ -146,7 +146,7 @@ def gtk_quantities(field, x: torch.Tensor, y: torch.Tensor, shape: tuple[int, in
 
 def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (variant, image): the mean over initialisation seeds (geometric mean for the bounds,
-    whose values span decades; ``singular``: in how many seeds the library added its ridge)."""
+    whose values span decades; ``floored``: in how many seeds the library's eigenvalue floor acted)."""
     return rk.aggregate(runs, key="variant", seed_key="init_seed")
 
 
@@ -236,7 +236,7 @@ def markdown(payload: dict, old: str | None) -> str:
                else old[old.index(begin) : old.index(end) + len(end)])
     variants = "\n".join(f"| {n} | {v[7]} | {v[2]} | {v[5]:g} / {v[6]:g} | {payload['sizes'][n]} |"
                          for n, v in VARIANTS.items() if n in payload["sizes"])
-    cols = ["variant", "image", "params", "bound", "bound_centered", "bound_ridge", "singular", "effective_rank",
+    cols = ["variant", "image", "params", "bound", "bound_centered", "bound_ridge", "floored", "effective_rank",
             "topk_energy", "decay_exponent", "hf_fraction", "alignment", "train_psnr", "test_psnr", "test_psnr_spread"]
     ctab = corr_table(corr, s["images"])
     htab = corr_table(payload["correlations_hash_layout"], s["images"])
@@ -265,8 +265,9 @@ pixels, predict which MulFAGrid variant generalizes best (hold-out PSNR after tr
   ({s['max_points']} at most: here n = {payload['n_gtk']}, the same points for every variant).
 * Quantities (G normalized to trace(G)/n = 1 throughout):
   * **bound** `sqrt(2 y^T G^-1 y / n)`: `gridfield.gtk.bound(G, y)` (Cholesky at this n), value
-    `Bound.normalized`. The library adds a ridge only when G is numerically singular
-    (lambda_min <= 1e-10 lambda_max): then `(G + 1e-6 trace(G)/n I)^-1`. Three versions: targets
+    `Bound.normalized`, with the library's default eigenvalue floor (since 2026-12-02: when lambda_min is
+    below 1e-6 trace(G)/n, the ridge that lifts it there; before, a ridge 1e-6 trace(G)/n was added only
+    when lambda_min <= 1e-10 lambda_max, which made this bound erratic). Three versions: targets
     `y - O(0)` (the residual at initialisation, as `gridfield gtk-theory` does), centred targets
     `y - mean(y)` (the decoder's bias absorbs the mean, and the residual's constant part depends on the
     random bias), and centred targets with a fixed ridge {s['ridge']:g} trace(G)/n for every model.
@@ -281,7 +282,7 @@ pixels, predict which MulFAGrid variant generalizes best (hold-out PSNR after tr
 * Training: `fit_image`, {s['steps']} Adam steps on the full batch of training pixels, cosine decay,
   learning rates per variant (grid / other = kernel network + decoder) below. Every variant is
   initialised with the seeds {s['init_seeds']} (GTK and fit per seed); the tables show the mean over the
-  seeds (geometric mean for the bounds; `singular`: in how many seeds the library added its ridge;
+  seeds (geometric mean for the bounds; `floored`: in how many seeds the library's floor acted;
   `test_psnr_spread`: max - min hold-out PSNR over the seeds). Correlations use these means.
 * Decoder: the **linear** decoder for every grid variant (the model stays linear in the grid features
   at a fixed kernel), except the `hash-mlp` baseline (MLP, one hidden layer of 32, ReLU).
