@@ -11,8 +11,9 @@ Tasks and protocol (presets of ``gridfield.presets`` at the standard budgets, th
   ``benchmarks/nerf_lego.py`` (equal time only: a NeRF step of one model is not a step of another).
 
 Resumable per cell (task, mode, model, image or mesh): every finished cell is saved at once to
-``benchmarks/results/tournament.json`` with its settings, and a later run skips the cells it already has
-with the same settings, so the tournament can be completed over several sittings. ``--report-only``
+``benchmarks/results/tournament.json`` with its settings (budgets, threads and a fingerprint of the model's
+preset: its field spec and learning rates), and a later run skips the cells it already has with the same
+settings, so the tournament can be completed over several sittings. ``--report-only``
 rewrites the tables from the JSON. Writes the ``tournament`` section of ``docs/benchmarks.md`` (one table
 per task, the figure ``docs/figures/tournament_TASK.png``) and the model x task summary in the README.
 
@@ -29,6 +30,7 @@ cell); run it on a quiet machine: equal-time cells measure the machine as well a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -81,14 +83,30 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- cells
 
 
-def cell_settings(args, task: str, mode: str) -> dict:
-    """What a finished cell must have been run with to be reused."""
+def cell_settings(args, task: str, mode: str, model: str) -> dict:
+    """What a finished cell must have been run with to be reused, including a fingerprint of the model's
+    preset (:func:`spec_fingerprint`), so that a changed preset reruns its cells."""
+    spec = {"spec": spec_fingerprint(task, model, args)}
     if task == "image":
         budget = {"steps": args.image_steps} if mode == "steps" else {"seconds": args.image_seconds}
-        return {"batch": args.image_batch, "param_budget": args.image_budget, "threads": args.threads, **budget}
+        return {"batch": args.image_batch, "param_budget": args.image_budget, "threads": args.threads, **budget,
+                **spec}
     budget = {"steps": args.sdf_steps} if mode == "steps" else {"seconds": args.sdf_seconds}
     return {"param_budget": args.sdf_budget, "iou_resolution": args.iou_resolution, "threads": args.threads,
-            **budget}
+            **budget, **spec}
+
+
+def spec_fingerprint(task: str, model: str, args) -> str:
+    """Short hash of the preset a cell trains: its field spec (``to_dict``) and learning rates."""
+    from gridfield.presets import image_field_spec, image_lr
+    from gridfield.presets.sdf import sdf_field_spec
+
+    if task == "image":  # Kodak images are RGB
+        spec, lr = image_field_spec(model, 3, args.image_budget), image_lr(model)
+    else:
+        spec, lr = sdf_field_spec(model, args.sdf_budget), (1e-2, 1e-2)
+    text = json.dumps({"spec": spec.to_dict(), "lr": list(lr)}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def run_image_cell(args, mode: str, model: str, path: Path) -> dict:
@@ -159,9 +177,9 @@ def run_cells(args, results: dict, task: str) -> None:
         return
     models = args.models or default_models(task)
     for mode in args.modes:
-        want = cell_settings(args, task, mode)
         for item, path in items.items():
             for model in models:
+                want = cell_settings(args, task, mode, model)
                 key = f"{task}/{mode}/{model}/{item}"
                 old = results["cells"].get(key)
                 if old is not None and old["settings"] == want:
@@ -293,7 +311,8 @@ def to_markdown(results: dict, args) -> str:
         cpu = mine[0]["machine"]["cpu"]
         s = mine[0]["settings"]
         parts += ["", f"### {task}", "", f"{cpu}, {s['threads']} torch threads, {dates[0]} to {dates[-1]}; "
-                  f"settings per mode: " + "; ".join(sorted({json.dumps(c['settings']) for c in mine})), "",
+                  f"settings per mode: " + "; ".join(sorted({json.dumps({k: v for k, v in c["settings"].items()
+                                                                    if k != "spec"}) for c in mine})), "",
                   markdown_table(rows, cols), "", f"Per {ITEM[task]} "
                   f"({METRICS[task][0]}):", "", markdown_table(*per_item(mine, task)), "",
                   f"![{task}](figures/{NAME}_{task}.png)"]

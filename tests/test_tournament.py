@@ -49,6 +49,29 @@ def test_cells_resume_and_rerun_on_new_settings(tmp_results, monkeypatch):
     assert json.loads(tmp_results.read_text())["cells"]["image/steps/hash/kodim01"]["settings"]["steps"] == 5
 
 
+def test_a_changed_preset_reruns_its_cells(tmp_results, monkeypatch):
+    calls = []
+
+    def fake(args, mode, model, path):
+        calls.append((model, path.stem))
+        return {"psnr": 30.0, "ssim": 0.9, "steps": 10, "train_seconds": 1.0, "params": 100}
+
+    monkeypatch.setattr(tournament, "run_image_cell", fake)
+    args = tournament.parse_args(["--tasks", "image", "--modes", "steps", "--models", "hash", "dense"])
+    tournament.run_cells(args, tournament.load(), "image")
+    assert len(calls) == 4
+    calls.clear()
+    real = tournament.spec_fingerprint
+    monkeypatch.setattr(tournament, "spec_fingerprint",  # as if the hash preset had changed
+                        lambda task, model, a: real(task, model, a) + ("-new" if model == "hash" else ""))
+    tournament.run_cells(args, tournament.load(), "image")
+    assert calls == [("hash", "kodim01"), ("hash", "kodim02")]
+    # the fingerprint follows the preset: another parameter budget is another spec
+    other = tournament.parse_args(["--image-budget", "100000"])
+    assert real("image", "hash", args) != real("image", "hash", other)
+    assert real("image", "hash", args) != real("image", "dense", args)
+
+
 def test_table_means_per_model_and_mode():
     def cell(model, mode, psnr, steps):
         return {"task": "image", "mode": mode, "model": model, "psnr": psnr, "ssim": 0.5, "steps": steps,
