@@ -88,10 +88,10 @@ def test_torchrun_two_gloo_processes_match_one_with_twice_the_batch(tmp_path):
     """2 ranks x batch 16 (DDP, gloo) == 1 process x batch 32 on the same samples, to 1e-6 (float32 sums)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     out = tmp_path / "ddp.pt"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--tee", "3",
                         "--master-port", str(29500 + os.getpid() % 1000), str(HERE / "_train_toy.py"), "16", "20",
                         str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]  # --tee: the ranks' own output too
     single = ToyTask(32)
     train(single, TrainConfig(steps=20, progress=False), 5e-2, 1e-2)
     ddp = torch.load(out)
