@@ -8,9 +8,9 @@ Rounds of shifted PCG solves ``(G - sigma I) x = b`` give both ends:
       ``lambda_min(G) >= L(sigma) = sigma + mu(sigma) (lambda_min(M) - sigma)``,
 
   which is tight as ``sigma -> lambda_min(G)`` (then ``mu -> 0``). ``sigma = 0`` is the estimate of
-  :func:`gridfield.gtk.bound.bound` (``theta_min(M^-1 G) lambda_min(M)``); each round restarts at
-  ``sigma = L`` of the round before. ``mu`` is taken as PCG's smallest Ritz value, which approaches it
-  from above, so ``L`` is an estimate, as tight as PCG has resolved the bottom of the spectrum.
+  :func:`gridfield.gtk.bound.bound` (``theta_min(M^-1 G) lambda_min(M)``). ``mu`` is taken as PCG's
+  smallest Ritz value, which approaches it from above, so ``L`` is an estimate, as tight as PCG has
+  resolved the bottom of the spectrum.
 * Upper end. The solution ``x = (G - sigma I)^-1 b`` is a step of shifted inverse iteration, and its
   Rayleigh quotient ``x^T G x / x^T x >= lambda_min`` holds exactly; with ``sigma`` just below
   ``lambda_min`` the step all but isolates the lowest eigenvector. The next round solves with ``b = x``.

@@ -39,11 +39,11 @@ class GTKOperator(LinearOperator):
 
     def _product(self, v: np.ndarray) -> np.ndarray:
         """``J (J^T v)`` for ``v`` ``[n, c]``."""
-        if self.gram is not None and v.shape[1] <= 8:  # (wide blocks, e.g. densifying: SciPy's sparse products)
+        if v.shape[1] > 8:  # wide blocks (e.g. densifying): SciPy's multi-vector sparse products
+            return np.asarray(self.jac @ (self.jac_t @ v))
+        if self.gram is not None:
             return self.gram(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))).numpy()
-        if v.shape[1] <= 8:  # SciPy's single-vector kernels are faster than its multi-vector ones
-            return np.stack([self.jac @ (self.jac_t @ c) for c in v.T], 1)
-        return np.asarray(self.jac @ (self.jac_t @ v))
+        return np.stack([self.jac @ (self.jac_t @ c) for c in v.T], 1)  # SciPy's single-vector kernels
 
     def _matvec(self, v: np.ndarray) -> np.ndarray:
         return self._matmat(np.asarray(v, dtype=self.dtype).reshape(-1, 1))[:, 0]
