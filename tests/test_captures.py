@@ -239,9 +239,65 @@ def test_nerf_trains_on_a_transforms_capture(blender, tmp_path):
 
     scene = write_transforms(blender[0], tmp_path / "ngp")
     cfg = NerfConfig(scene=scene, model="dense", appearance="sh", resolution=32, batch_rays=1024, occ_start=30,
-                     occ_every=8, occ_resolution=64, turntable_frames=0, aabb_scale=0.6,
+                     occ_every=8, occ_resolution=64, turntable_frames=0, aabb_scale=0.6, scene_space="box",
                      train=TrainConfig(steps=300, progress=False, out=tmp_path / "out"))
     m = run(cfg)
     assert m["n_test_views"] == 3 and m["psnr"] > 20.0, m["psnr"]  # measured 22.5 dB
     _, _, _, camera = load_nerf(tmp_path / "out" / "checkpoint.pt")
     assert camera["format"] == "transforms" and np.asarray(camera["world_from_scene"]).shape == (4, 4)
+
+
+@pytest.fixture(scope="module")
+def capture64(tmp_path_factory):
+    """A 64-view, 32-pixel object capture as transforms.json (24 views are too few for unbounded space)."""
+    from gridfield.data.scene_maker import make_scene
+
+    root = tmp_path_factory.mktemp("cap64")
+    return write_transforms(make_scene("torus_knot", root / "blender", views=64, test_views=2, size=32), root / "ngp")
+
+
+@pytest.mark.parametrize("model,floor", [("dense", 16.0), ("hash-small", 21.0)])
+def test_nerf_trains_in_contracted_space(capture64, tmp_path, model, floor):
+    """The default for a transforms.json capture: Mip-NeRF 360's contraction, marching and occupancy in
+    contracted space and a learned background; the checkpoint reloads into the same renders."""
+    from gridfield.metrics import psnr_from_mse
+    from gridfield.render.pipeline import render_camera
+    from gridfield.tasks.nerf import NerfConfig, load_nerf, run
+    from gridfield.training import TrainConfig
+
+    cfg = NerfConfig(scene=capture64, model=model, resolution=48, batch_rays=1024, occ_start=30, occ_every=8,
+                     occ_resolution=32, turntable_frames=0, save_renders=0,
+                     train=TrainConfig(steps=400, progress=False, out=tmp_path / "out"))
+    m = run(cfg)
+    assert m["scene_space"] == "contract" and m["spec"]["field"]["background"] == "sh"
+    assert m["spec"]["aabb"] == [-2.0, -2.0, -2.0, 2.0, 2.0, 2.0]
+    assert m["psnr"] > floor, m["psnr"]  # measured 2026-12-02: dense 18.1, hash-small 23.5 dB (box: 20.8, 25.2)
+    field, occ, settings, _ = load_nerf(tmp_path / "out" / "checkpoint.pt")
+    assert settings.contraction == "l2" and settings.far == 1000.0
+    assert float(field.background_color(torch.tensor([[0.0, 0.0, 1.0]])).min()) > 0.9  # the white backdrop
+    _, test, _ = load_scene(capture64)
+    rgb = render_camera(field, test.c2w[0], test.K, occ, field.aabb, settings)["rgb"]
+    assert psnr_from_mse(float((rgb - test.images[0]).square().mean())) == pytest.approx(m["psnr_per_view"][0],
+                                                                                          abs=1e-3)
+
+
+def test_nerf_trains_a_forward_facing_llff_scene_in_ndc(tmp_path):
+    """LLFF defaults to NDC: LLFF's re-centring, NDC rays in the box [-1.5, 1.5]^2 x [-1, 1], a learned
+    background, and the every-8th hold-out; the checkpoint keeps the NDC set-up."""
+    from gridfield.data.scene_maker import make_scene
+    from gridfield.tasks.nerf import NerfConfig, load_nerf, run
+    from gridfield.training import TrainConfig
+
+    scene = make_scene("torus_knot", tmp_path / "llff", views=24, size=40, height=30, layout="llff")
+    cfg = NerfConfig(scene=scene, model="dense", resolution=48, batch_rays=1024, occ_start=30, occ_every=8,
+                     downscale=8, occ_resolution=32, turntable_frames=2,
+                     train=TrainConfig(steps=300, progress=False, out=tmp_path / "out"))
+    m = run(cfg)
+    assert m["scene_space"] == "ndc" and m["n_test_views"] == 3
+    assert m["psnr"] > 22.0, m["psnr"]  # measured 2026-12-02: 26.85 dB (hash-small 28.2)
+    _, _, settings, _ = load_nerf(tmp_path / "out" / "checkpoint.pt")
+    assert settings.ndc is not None and settings.ndc[4] == 1.0 and settings.near == 0.0
+    assert (tmp_path / "out" / "turntable.gif").exists()
+    with pytest.raises(InputError, match="looks away"):  # cameras all round an object are not forward-facing
+        load_scene(write_llff(make_scene("torus_knot", tmp_path / "b", views=8, test_views=1, size=16),
+                              tmp_path / "ring"), ndc=True)

@@ -23,7 +23,10 @@ Splits: ``blender`` keeps its files' split. The other formats hold out every ``t
 
 Scenes without a box (every format but ``blender``) are re-oriented and scaled as nerfstudio does: the
 mean camera position moves to the origin, the mean camera up vector turns to ``+Z``, and the scene is
-scaled so that the largest camera coordinate is 1 (the cameras fill the cube ``[-1, 1]^3``).
+scaled so that the largest camera coordinate is 1 (the cameras fill the cube ``[-1, 1]^3``). For NDC
+(``ndc=True``, forward-facing scenes) they are re-centred as LLFF does instead (:func:`recenter_poses`):
+the mean camera becomes the identity (looking down ``-z``) and the scene is scaled so that the nearest
+depth bound is at ``1 / 0.75`` (the NDC near plane is ``z = -1``).
 ``SceneInfo.world_from_scene`` maps the result back to the file's frame.
 One camera (intrinsics and distortion) per split; frames with different cameras are refused.
 """
@@ -57,6 +60,10 @@ FORMATS = ("blender", "transforms", "llff", "colmap")
 TEST_EVERY = 8
 #: near plane of the re-oriented scenes (the cameras fill the cube [-1, 1]^3)
 CAPTURE_NEAR = 0.05
+#: LLFF's NDC set-up: depth bounds scaled so that the nearest is at 1 / 0.75; NDC near plane z = -1
+NDC_BD_FACTOR, NDC_NEAR = 0.75, 1.0
+#: the far end of NDC rays (unit directions; the box [-1.5, 1.5]^2 x [-1, 1] ends them earlier)
+NDC_FAR = 4.0
 
 
 @dataclass
@@ -92,8 +99,13 @@ def detect_format(root: str | Path) -> str:
 
 def load_scene(root: str | Path, format: str = "auto", downscale: int = 1,
                background: tuple[float, float, float] = (1.0, 1.0, 1.0), missing: str = "skip",
-               test_every: int = TEST_EVERY) -> tuple[BlenderSplit, BlenderSplit, SceneInfo]:
-    """``(train, test, info)`` of the scene at ``root`` in ``format`` (``auto``: :func:`detect_format`)."""
+               test_every: int = TEST_EVERY, ndc: bool = False) -> tuple[BlenderSplit, BlenderSplit, SceneInfo]:
+    """``(train, test, info)`` of the scene at ``root`` in ``format`` (``auto``: :func:`detect_format`).
+
+    ``ndc``: re-centre a forward-facing capture for NDC rendering (:func:`recenter_poses`; the splits'
+    ``near``/``far`` are then NDC ray parameters, ``info.extra["ndc"]`` the ``(fx, fy, cx, cy, near)`` of
+    :class:`~gridfield.render.pipeline.RenderSettings`); refused for ``blender`` scenes and for cameras
+    that do not all face the mean camera's way."""
     if format not in ("auto", *FORMATS):
         raise InputError(f"unknown scene format {format!r}; choose auto, {', '.join(FORMATS)}")
     if missing not in ("skip", "error"):
@@ -101,6 +113,9 @@ def load_scene(root: str | Path, format: str = "auto", downscale: int = 1,
     if isinstance(test_every, bool) or not isinstance(test_every, int) or test_every < 2:
         raise InputError(f"test_every must be a whole number >= 2, got {test_every!r}")
     fmt = detect_format(root) if format == "auto" else format
+    if fmt == "blender" and ndc:
+        raise InputError(f"{root}: NDC is for forward-facing captures (LLFF, transforms.json, COLMAP), not Blender "
+                         "scenes; use the scene box")
     if fmt == "blender":
         return (load_blender(root, "train", downscale, background), load_blender(root, "test", downscale, background),
                 SceneInfo("blender"))
@@ -113,9 +128,18 @@ def load_scene(root: str | Path, format: str = "auto", downscale: int = 1,
         images, alphas, c2w, K, names, info = _read_colmap(Path(root), downscale)
     if len(names) < 2:
         raise InputError(f"{root}: {len(names)} usable frame(s); need at least 2 (one to train, one to test)")
-    c2w, world_from_scene = normalize_poses(c2w)
+    near, far = CAPTURE_NEAR, 2 * math.sqrt(3) * 8
+    if ndc:
+        if "near_bound" not in info.extra:
+            raise InputError(f"{root}: NDC needs the scene's depth bounds, which only LLFF's poses_bounds.npy "
+                             "stores; use --scene-space contract or box")
+        c2w, world_from_scene = recenter_poses(c2w, info.extra["near_bound"], str(root))
+        info.extra["ndc"] = (K.fx, K.fy, K.cx, K.cy, NDC_NEAR)
+        near, far = 0.0, NDC_FAR
+    else:
+        c2w, world_from_scene = normalize_poses(c2w)
     info.world_from_scene = world_from_scene
-    if fmt == "llff":  # forward-facing: the content lies up to the far bound in front of the cameras
+    if fmt == "llff" and not ndc:  # forward-facing: the content lies up to the far bound in front of the cameras
         scale = 1.0 / float(np.linalg.norm(world_from_scene[:3, 0]))
         info.extra["scene_radius"] = 1.0 + info.extra["far_bound"] * scale
     test_idx = list(range(0, len(names), test_every))
@@ -124,8 +148,7 @@ def load_scene(root: str | Path, format: str = "auto", downscale: int = 1,
     def split(idx: list[int]) -> BlenderSplit:
         a = None if alphas is None else torch.from_numpy(np.stack([alphas[i] for i in idx])).float()
         return BlenderSplit(torch.from_numpy(np.stack([images[i] for i in idx])).float(),
-                            torch.from_numpy(c2w[idx]).float(), K, [names[i] for i in idx], CAPTURE_NEAR,
-                            2 * math.sqrt(3) * 8, a)
+                            torch.from_numpy(c2w[idx]).float(), K, [names[i] for i in idx], near, far, a)
 
     return split(train_idx), split(test_idx), info
 
@@ -150,6 +173,36 @@ def normalize_poses(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     moved[:, :3, 3] *= scale
     world_from_scene = np.eye(4)
     world_from_scene[:3, :3] = rot.T / scale
+    world_from_scene[:3, 3] = center
+    return moved, world_from_scene
+
+
+def recenter_poses(c2w: np.ndarray, near_bound: float, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """LLFF's ``recenter_poses`` with its ``bd_factor`` of 0.75: poses ``[N, 4, 4]`` (OpenGL) moved into the
+    frame of the mean camera (mean position; back axis the normalised sum of the back axes; up from the
+    sum of the up axes) and scaled by ``1 / (0.75 near_bound)``; returns the poses and ``world_from_scene``.
+    ``InputError`` when a camera looks away from the mean camera's direction (not forward-facing)."""
+    c2w = np.asarray(c2w, np.float64)
+    center = c2w[:, :3, 3].mean(0)
+    back = c2w[:, :3, 2].sum(0)
+    back /= max(np.linalg.norm(back), 1e-12)
+    up = c2w[:, :3, 1].sum(0)
+    right = np.cross(up, back)
+    if np.linalg.norm(right) < 1e-8:
+        raise InputError(f"{where}: the cameras' mean up and viewing axes are parallel; cannot set up NDC")
+    right /= np.linalg.norm(right)
+    rot = np.stack([right, np.cross(back, right), back], 1)  # world_from_mean-camera rotation
+    facing = c2w[:, :3, 2] @ back
+    if (facing <= 0).any():
+        bad = int(np.nonzero(facing <= 0)[0][0])
+        raise InputError(f"{where}: camera {bad} looks away from the mean viewing direction; NDC needs a "
+                         "forward-facing capture (use --scene-space contract)")
+    scale = 1.0 / (NDC_BD_FACTOR * near_bound)
+    moved = c2w.copy()
+    moved[:, :3, :3] = rot.T @ c2w[:, :3, :3]
+    moved[:, :3, 3] = (c2w[:, :3, 3] - center) @ rot * scale
+    world_from_scene = np.eye(4)
+    world_from_scene[:3, :3] = rot / scale
     world_from_scene[:3, 3] = center
     return moved, world_from_scene
 

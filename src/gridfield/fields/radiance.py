@@ -16,6 +16,12 @@ Density: ``sigma = softplus(raw + shift) * sigma_scale`` (DVGO's shifted softplu
 ``sigma_scale`` unused), ``shift`` chosen so that an untrained field has opacity ``alpha_init`` per
 marching step. Everything is differentiable in the grid and head parameters.
 
+Background (``background="sh"``, for unbounded and forward-facing captures): a learned environment map
+seen along the view direction, ``sigmoid(SH_3(d) . b / C0)`` with ``b [3, 16]`` (degree-3 spherical
+harmonics scaled so that ``b[:, 0]`` is the mean logit; :meth:`init_background` starts it at a colour),
+that the renderer composites behind what the rays leave untouched; ``"none"``: the renderer's fixed
+colour. Its coefficients train with the grid features (an environment map is a grid over directions).
+
 Example::
 
     field = RadianceField(make_grid("dense", 3, resolutions=[128], features_per_level=1),
@@ -38,7 +44,7 @@ from gridfield.fast import render as fast_render
 from gridfield.fast._build import check_backend
 from gridfield.fields.decoders import MLPDecoder
 from gridfield.functional.activations import trunc_exp
-from gridfield.functional.sh import sh_basis, sh_to_rgb
+from gridfield.functional.sh import C0, sh_basis, sh_to_rgb
 from gridfield.grids.base import Grid
 from gridfield.grids.dense import DenseGrid
 
@@ -50,12 +56,15 @@ class RadianceField(nn.Module):
                  appearance: Literal["sh", "mlp"] = "mlp", sh_degree: int = 2, view_degree: int = 2,
                  width: int = 64, hidden_layers: int = 2, geo_features: int = 15,
                  alpha_init: float = 1e-4, step: float = 0.01, sigma_scale: float | None = None,
-                 density_activation: Literal["softplus", "trunc_exp"] = "softplus", backend: str = "auto") -> None:
+                 density_activation: Literal["softplus", "trunc_exp"] = "softplus", backend: str = "auto",
+                 background: Literal["none", "sh"] = "none") -> None:
         super().__init__()
         if appearance not in ("sh", "mlp"):
             raise ValueError(f"appearance must be 'sh' or 'mlp', got {appearance!r}")
         if density_activation not in ("softplus", "trunc_exp"):
             raise ValueError(f"density_activation must be 'softplus' or 'trunc_exp', got {density_activation!r}")
+        if background not in ("none", "sh"):
+            raise ValueError(f"background must be 'none' or 'sh', got {background!r}")
         if color_grid is None and appearance == "sh" and density_grid.out_dim < 1:
             raise ValueError("shared layout with SH appearance needs grid features")
         self.density_grid, self.color_grid = density_grid, color_grid
@@ -77,6 +86,7 @@ class RadianceField(nn.Module):
         self.shift = float(math.log(sigma0) if density_activation == "trunc_exp"
                            else math.log(math.expm1(sigma0 / scale)))
         self.backend = backend  # fast paths; not part of the state dict
+        self.background_sh = nn.Parameter(torch.zeros(3, 16)) if background == "sh" else None
 
     @property
     def backend(self) -> str:
@@ -100,10 +110,13 @@ class RadianceField(nn.Module):
         return ((x - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
 
     def grid_parameters(self) -> dict[str, nn.Parameter]:
-        """Grid-feature tables of both grids, named as in ``named_parameters()``."""
+        """Grid-feature tables of both grids (and the background's coefficients), named as in
+        ``named_parameters()``."""
         out = {f"density_grid.{k}": v for k, v in self.density_grid.grid_parameters().items()}
         if self.color_grid is not None:
             out |= {f"color_grid.{k}": v for k, v in self.color_grid.grid_parameters().items()}
+        if self.background_sh is not None:
+            out["background_sh"] = self.background_sh
         return out
 
     def other_parameters(self) -> dict[str, nn.Parameter]:
@@ -150,6 +163,20 @@ class RadianceField(nn.Module):
     def density_and_geo(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """``sigma [N]`` and (shared layout only) appearance features ``[N, geo]`` in one grid pass."""
         return self._density_and_geo(x)
+
+    @torch.no_grad()
+    def init_background(self, rgb: Tensor) -> None:
+        """Start the learned background at the constant colour ``rgb [3]`` in ``(0, 1)`` (say, the training
+        images' mean): otherwise the field learns to explain that colour by fog before the background does."""
+        if self.background_sh is not None:
+            self.background_sh.zero_()
+            self.background_sh[:, 0] = torch.logit(rgb.clamp(0.02, 0.98).to(self.background_sh))
+
+    def background_color(self, dirs: Tensor) -> Tensor | None:
+        """The learned background ``[N, 3]`` along unit view directions ``dirs [N, 3]`` (None without one)."""
+        if self.background_sh is None:
+            return None
+        return torch.sigmoid(sh_basis(dirs, 3) @ self.background_sh.t() / C0)
 
 
 # -- colour MLP fast path (cache-sized row chunks: C++ loop when built, else plain PyTorch) -----------

@@ -6,6 +6,10 @@ box), tested against the occupancy grid and compacted with ``nonzero``: plain te
 over rays or samples, so it runs the same on CPU and CUDA. For long rays use ``max_steps`` chunks
 (``t_offset``), as :func:`gridfield.render.pipeline.render_rays_eval` does for early termination.
 
+Unbounded scenes (``contraction="l2"`` or ``"linf"``, :mod:`gridfield.render.spaces`): steps are uniform
+in the warped distance ``u`` instead of ``t`` (no box: the whole ray from ``near`` to ``far``), the
+occupancy grid is queried at contracted points, and the samples come back in world distances.
+
 Example::
 
     ray_idx, t0, t1 = march_rays(o, d, near=2.0, far=6.0, step=0.01, aabb=aabb, occupancy=occ)
@@ -19,10 +23,16 @@ from torch import Tensor
 from gridfield.fast import render as fast
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.rays import ray_aabb
+from gridfield.render.spaces import contract, unwarp_distance, warp_distance
 
 
-def ray_bounds(origins: Tensor, dirs: Tensor, near: float, far: float, aabb: Tensor) -> tuple[Tensor, Tensor]:
-    """``[N]`` entry and exit distances: the ray's part inside both ``[near, far]`` and the box."""
+def ray_bounds(origins: Tensor, dirs: Tensor, near: float, far: float, aabb: Tensor, contraction: str = "none",
+               radius: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``[N]`` entry and exit distances: the ray's part inside both ``[near, far]`` and the box; with a
+    ``contraction``, the warped distances of ``near`` and ``far`` (the box is all of space)."""
+    if contraction != "none":
+        lims = warp_distance(torch.tensor([near, far], dtype=origins.dtype, device=origins.device), radius)
+        return lims[0].expand(origins.shape[0]).clone(), lims[1].expand(origins.shape[0]).clone()
     t0, t1 = ray_aabb(origins, dirs, aabb)
     return t0.clamp(min=near), t1.clamp(max=far)
 
@@ -30,13 +40,16 @@ def ray_bounds(origins: Tensor, dirs: Tensor, near: float, far: float, aabb: Ten
 def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: float, aabb: Tensor,
                occupancy: OccupancyGrid | None = None, stratified: bool = False,
                t_start: Tensor | None = None, t_stop: Tensor | None = None,
-               max_steps: int | None = None, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+               max_steps: int | None = None, backend: str = "auto", contraction: str = "none",
+               radius: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """Packed samples along rays ``origins, dirs [N, 3]`` (unit directions).
 
     Samples are intervals ``[t, t + step)`` starting at ``t_start + k * step`` (plus one shared
     uniform offset per ray in ``[0, step)`` when ``stratified``), kept when the interval's midpoint is
     before ``t_stop`` and in an occupied cell. ``t_start``/``t_stop`` default to :func:`ray_bounds`.
-    At most ``max_steps`` steps per ray are considered (all by default).
+    At most ``max_steps`` steps per ray are considered (all by default). With a ``contraction`` (``"l2"``,
+    ``"linf"``; scene ``radius``), ``step``, ``t_start`` and ``t_stop`` are warped distances (plain PyTorch
+    only), the occupancy grid lives in contracted space, and the returned intervals are world distances.
 
     ``backend``: ``"auto"`` uses the C++ kernel (:mod:`gridfield.fast.render`, same samples bit for bit,
     same random numbers drawn) on CPU float32, the plain-PyTorch reference otherwise; ``"fast"`` /
@@ -48,7 +61,7 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
     if step <= 0:
         raise ValueError(f"march step must be > 0, got {step}")
     if t_start is None or t_stop is None:
-        b0, b1 = ray_bounds(origins, dirs, near, far, aabb)
+        b0, b1 = ray_bounds(origins, dirs, near, far, aabb, contraction, radius)
         t_start = b0 if t_start is None else t_start
         t_stop = b1 if t_stop is None else t_stop
     empty = torch.empty(0, device=origins.device)
@@ -59,6 +72,11 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
     if max_steps is not None:
         n_steps = min(n_steps, max_steps)
     rays = torch.nonzero(live)[:, 0]
+    if contraction != "none":
+        if backend == "fast":
+            raise ValueError("the fast marcher has no contracted space; use backend 'auto' or 'reference'")
+        return _march_warped(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays,
+                             contraction, radius)
     mod = fast.module(backend, origins, dirs, t_start, t_stop)
     if mod is not None:
         offset = torch.zeros_like(t_start)
@@ -80,3 +98,17 @@ def _march_reference(origins, dirs, step, occupancy, stratified, t_start, t_stop
     sel = torch.nonzero(keep)
     t_starts = t0[sel[:, 0], sel[:, 1]]
     return rays[sel[:, 0]], t_starts, t_starts + step
+
+
+def _march_warped(origins, dirs, step, occupancy, stratified, u_start, u_stop, n_steps, rays, kind, radius):
+    """:func:`_march_reference` in warped distances: occupancy at contracted midpoints, world intervals out."""
+    k = torch.arange(n_steps, device=origins.device, dtype=origins.dtype)
+    offset = torch.rand(rays.shape[0], 1, device=origins.device) * step if stratified else 0.0
+    u0 = u_start[rays, None] + offset + k * step  # [R, S]
+    keep = u0 + 0.5 * step < u_stop[rays, None]
+    t0, t1 = unwarp_distance(u0, radius), unwarp_distance(u0 + step, radius)
+    if occupancy is not None:
+        pts = origins[rays, None] + dirs[rays, None] * (0.5 * (t0 + t1))[..., None]
+        keep &= occupancy.query(contract(pts.reshape(-1, 3), kind, radius)).reshape(keep.shape)
+    sel = torch.nonzero(keep)
+    return rays[sel[:, 0]], t0[sel[:, 0], sel[:, 1]], t1[sel[:, 0], sel[:, 1]]

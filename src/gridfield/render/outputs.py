@@ -14,6 +14,7 @@ from gridfield import checkpoints
 from gridfield.errors import InputError
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings
+from gridfield.render.spaces import CONTRACTIONS
 
 CHECKPOINT_FORMAT = "gridfield.nerf/1"
 
@@ -135,8 +136,16 @@ def _settings(stored: dict, where: str, cls):
         problems.append(f"background={bg!r}")
     if s.backend not in ("auto", "fast", "reference"):
         problems.append(f"backend={s.backend!r}")
+    if s.contraction not in CONTRACTIONS or not (number(s.scene_radius) and s.scene_radius > 0):
+        problems.append(f"contraction={s.contraction!r}, scene_radius={s.scene_radius!r}")
+    ndc = s.ndc
+    if ndc is not None and not (isinstance(ndc, (list, tuple)) and len(ndc) == 5
+                                and all(number(v) and v > 0 for v in ndc)):
+        problems.append(f"ndc={ndc!r}")
     if problems:
         raise InputError(f"{where}: implausible render settings ({'; '.join(problems)}); need 0 <= near < far, "
-                         "step > 0, weight_threshold >= 0, 3 background numbers and backend auto, fast or "
-                         "reference; the file is damaged")
-    return dataclasses.replace(s, background=tuple(float(c) for c in bg))
+                         "step > 0, weight_threshold >= 0, 3 background numbers, backend auto, fast or "
+                         f"reference, contraction {' or '.join(CONTRACTIONS)} with scene_radius > 0, and ndc "
+                         "None or 5 positive numbers; the file is damaged")
+    return dataclasses.replace(s, background=tuple(float(c) for c in bg),
+                               ndc=None if ndc is None else tuple(float(v) for v in ndc))

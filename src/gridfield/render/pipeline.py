@@ -6,8 +6,14 @@ matter, accumulate. The renderer takes the field through two methods (``density_
 :func:`render_rays_eval` is the evaluation path: it marches ``chunk_steps`` steps at a time and drops
 rays whose transmittance fell below ``t_min`` (early termination), without gradients.
 
-Outputs per ray: ``rgb [N, 3]`` (composited on ``background``), ``opacity [N]``, ``depth [N]``
-(expected distance of the weights, normalised by opacity), ``n_samples`` (total samples).
+Outputs per ray: ``rgb [N, 3]`` (composited on the field's learned background when it has one, else on
+``background``), ``opacity [N]``, ``depth [N]`` (expected distance of the weights, normalised by
+opacity), ``n_samples`` (total samples).
+
+Rays always come in world coordinates; :class:`RenderSettings` says which space the field lives in
+(:mod:`gridfield.render.spaces`): the scene box, the contracted space of an unbounded scene
+(``contraction``) or the NDC space of a forward-facing one (``ndc``). The colour always sees the world
+view direction.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch.profiler import record_function
 from gridfield.render.marching import march_rays, ray_bounds
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.rays import camera_rays
+from gridfield.render.spaces import contract, ndc_rays, warp_distance
 from gridfield.render.volrend import accumulate_along_rays, render_weight_from_density
 
 
@@ -34,22 +41,49 @@ class RenderSettings:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     weight_threshold: float = 1e-4  # samples with a smaller weight skip the colour evaluation
     backend: str = "auto"  # fast paths: "auto" | "fast" | "reference" (plain PyTorch everywhere)
+    contraction: str = "none"  # "none" | "l2" | "linf": the field sees contract(x / scene_radius)
+    scene_radius: float = 1.0  # the inner (uncontracted) region's radius
+    ndc: tuple[float, float, float, float, float] | None = None  # (fx, fy, cx, cy, near): NDC rays
 
 
-def _shade(field, origins, dirs, ray_idx, t0, t1, n_rays, s: RenderSettings, trans_in=None):
+def _space_rays(origins: Tensor, dirs: Tensor, s: RenderSettings) -> tuple[Tensor, Tensor]:
+    """The rays the marcher walks: the world rays, or their NDC images (unit directions) when ``s.ndc``."""
+    if s.ndc is None:
+        return origins, dirs
+    o, d = ndc_rays(origins, dirs, *s.ndc)
+    return o, d / d.norm(dim=-1, keepdim=True)
+
+
+def _march(o, d, aabb, occupancy, s: RenderSettings, **kwargs):
+    return march_rays(o, d, s.near, s.far, s.step, aabb, occupancy, backend=s.backend, contraction=s.contraction,
+                      radius=s.scene_radius, **kwargs)
+
+
+def _background(field, viewdirs: Tensor, s: RenderSettings) -> Tensor:
+    """``[N, 3]`` (or ``[3]``): the field's learned background seen along ``viewdirs``, else ``s.background``."""
+    learned = getattr(field, "background_color", None)
+    bg = learned(viewdirs) if learned is not None else None
+    return bg if bg is not None else torch.tensor(s.background, dtype=viewdirs.dtype, device=viewdirs.device)
+
+
+def _shade(field, origins, dirs, viewdirs, ray_idx, t0, t1, n_rays, s: RenderSettings, trans_in=None):
     """Packed samples -> per-ray rgb sum, opacity, depth sum and per-sample transmittance."""
     with record_function("density"):
         mid = 0.5 * (t0 + t1)
         x = origins[ray_idx] + dirs[ray_idx] * mid[:, None]
+        if s.contraction != "none":
+            x = contract(x, s.contraction, s.scene_radius)
         sigma, geo = field.density_and_geo(x)
     with record_function("weights"):
+        if s.contraction != "none":  # density per warped length (see gridfield.render.spaces)
+            t0, t1 = warp_distance(t0, s.scene_radius), warp_distance(t1, s.scene_radius)
         w, trans, alpha = render_weight_from_density(t0, t1, sigma, ray_idx, backend=s.backend)
         if trans_in is not None:  # continuing rays: scale by the transmittance already spent
             w = w * trans_in[ray_idx]
         keep = (w > s.weight_threshold).detach()
         ki = torch.nonzero(keep)[:, 0]
     with record_function("color"):
-        rgb = field.color(x[ki], dirs[ray_idx[ki]], None if geo is None else geo[ki])
+        rgb = field.color(x[ki], viewdirs[ray_idx[ki]], None if geo is None else geo[ki])
     with record_function("accumulate"):
         rgb_sum = accumulate_along_rays(w[ki], rgb, ray_idx[ki], n_rays)
         opacity = accumulate_along_rays(w, None, ray_idx, n_rays)[:, 0]
@@ -61,11 +95,11 @@ def render_rays(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyGrid |
                 settings: RenderSettings, stratified: bool = True) -> dict[str, Tensor]:
     """Differentiable render of rays ``[N, 3]`` (unit directions) in one packed pass (training)."""
     n = origins.shape[0]
+    o, d = _space_rays(origins, dirs, settings)
     with record_function("march"):
-        ray_idx, t0, t1 = march_rays(origins, dirs, settings.near, settings.far, settings.step, aabb,
-                                     occupancy, stratified=stratified, backend=settings.backend)
-    rgb_sum, opacity, depth_sum, _ = _shade(field, origins, dirs, ray_idx, t0, t1, n, settings)
-    bg = torch.tensor(settings.background, dtype=rgb_sum.dtype, device=rgb_sum.device)
+        ray_idx, t0, t1 = _march(o, d, aabb, occupancy, settings, stratified=stratified)
+    rgb_sum, opacity, depth_sum, _ = _shade(field, o, d, dirs, ray_idx, t0, t1, n, settings)
+    bg = _background(field, dirs, settings)
     return {"rgb": rgb_sum + (1 - opacity)[:, None] * bg, "opacity": opacity,
             "depth": depth_sum / opacity.clamp_min(1e-6), "n_samples": torch.tensor(ray_idx.numel())}
 
@@ -76,7 +110,10 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
     """Render rays without gradients, ``chunk_steps`` marching steps at a time, dropping rays whose
     transmittance is below ``t_min`` (early termination). Same outputs as :func:`render_rays`."""
     n, dev = origins.shape[0], origins.device
-    t_lo, t_hi = ray_bounds(origins, dirs, settings.near, settings.far, aabb)
+    views = dirs
+    origins, dirs = _space_rays(origins, dirs, settings)
+    t_lo, t_hi = ray_bounds(origins, dirs, settings.near, settings.far, aabb, settings.contraction,
+                            settings.scene_radius)
     rgb = torch.zeros(n, 3, device=dev)
     opacity, depth, trans = (torch.zeros(n, device=dev) for _ in range(3))
     trans += 1.0
@@ -85,19 +122,19 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
     while active.numel() > 0:
         o, d = origins[active], dirs[active]
         t_end = torch.minimum(t_lo[active] + chunk_steps * settings.step, t_hi[active])
-        ray_idx, t0, t1 = march_rays(o, d, 0.0, 0.0, settings.step, aabb, occupancy,
-                                     t_start=t_lo[active], t_stop=t_end, max_steps=chunk_steps,
-                                     backend=settings.backend)
+        ray_idx, t0, t1 = _march(o, d, aabb, occupancy, settings, t_start=t_lo[active], t_stop=t_end,
+                                 max_steps=chunk_steps)
         total += ray_idx.numel()
         if ray_idx.numel() > 0:
-            rs, op, ds, _ = _shade(field, o, d, ray_idx, t0, t1, active.numel(), settings, trans[active])
+            rs, op, ds, _ = _shade(field, o, d, views[active], ray_idx, t0, t1, active.numel(), settings,
+                                   trans[active])
             rgb[active] += rs
             opacity[active] += op
             depth[active] += ds
             trans[active] = (1 - opacity[active]).clamp_min(0)
         t_lo[active] = t_lo[active] + chunk_steps * settings.step
         active = active[(t_lo[active] < t_hi[active]) & (trans[active] > t_min)]
-    bg = torch.tensor(settings.background, dtype=rgb.dtype, device=dev)
+    bg = _background(field, views, settings)
     return {"rgb": rgb + (1 - opacity)[:, None] * bg, "opacity": opacity,
             "depth": depth / opacity.clamp_min(1e-6), "n_samples": torch.tensor(total)}
 

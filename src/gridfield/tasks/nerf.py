@@ -19,11 +19,12 @@ import tyro
 
 from gridfield import memory, presets
 from gridfield.data.blender import BlenderSplit
-from gridfield.data.captures import load_scene
+from gridfield.data.captures import detect_format, load_scene
 from gridfield.errors import InputError
 from gridfield.models import count_parameters
 from gridfield.render import outputs
 from gridfield.render.occupancy import OccupancyGrid
+from gridfield.render.paths import spiral_poses
 from gridfield.render.pipeline import RenderSettings
 from gridfield.render.rays import orbit_poses
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
@@ -69,7 +70,20 @@ class NerfConfig:
     occ_start: int = 32
     """First step of occupancy updates (before it, every cell counts as occupied)."""
     aabb_scale: float = 1.5
-    """Scene box [-s, s]^3 (the NeRF-synthetic objects fit in 1.5)."""
+    """Scene box [-s, s]^3 (the NeRF-synthetic objects fit in 1.5); --scene-space box only."""
+    scene_space: Literal["auto", "box", "contract", "ndc"] = "auto"
+    """Where the field lives: the scene box, Mip-NeRF 360's contracted space (unbounded scenes: the inner
+    ball of --scene-radius plus everything beyond, squeezed into radius 2) or NDC (forward-facing LLFF
+    scenes). auto: box for Blender scenes, ndc for LLFF, contract for transforms.json and COLMAP."""
+    contraction: Literal["l2", "linf"] = "l2"
+    """Contraction norm (--scene-space contract): l2 (a ball, Mip-NeRF 360) or linf (a cube, nerfstudio)."""
+    scene_radius: float = 1.0
+    """Radius of the uncontracted inner region (--scene-space contract; the cameras fill [-1, 1]^3)."""
+    far: float = 1000.0
+    """Far end of the rays in contracted space, in scene units (what lies beyond is background)."""
+    background_model: Literal["auto", "none", "sh"] = "auto"
+    """Learned background (sh: a degree-3 spherical-harmonics environment map) or the fixed
+    --white-background colour (none). auto: sh for contract and ndc, none for the box."""
     carve: bool = True
     """Carve the occupancy grid with the training alpha masks (visual hull) and shrink the box to it."""
     downscale: int = 1
@@ -98,6 +112,9 @@ def _check(cfg: NerfConfig) -> None:
                   ("--occ-start", cfg.occ_start, cfg.occ_start >= 0, ">= 0"),
                   ("--step-ratio", cfg.step_ratio, finite(cfg.step_ratio) and cfg.step_ratio > 0, "finite and > 0"),
                   ("--aabb-scale", cfg.aabb_scale, finite(cfg.aabb_scale) and cfg.aabb_scale > 0, "finite and > 0"),
+                  ("--scene-radius", cfg.scene_radius, finite(cfg.scene_radius) and cfg.scene_radius > 0,
+                   "finite and > 0"),
+                  ("--far", cfg.far, finite(cfg.far) and cfg.far > cfg.scene_radius, "finite and > --scene-radius"),
                   ("--tv-weight", cfg.tv_weight, finite(cfg.tv_weight) and cfg.tv_weight >= 0, "finite and >= 0"),
                   ("--alpha-init", cfg.alpha_init, cfg.alpha_init is None or 0 < cfg.alpha_init < 1, "in (0, 1)"),
                   ("--downscale", cfg.downscale, cfg.downscale >= 1, ">= 1"),
@@ -123,11 +140,44 @@ def _check_memory(spec: presets.RadianceSpec, cfg: NerfConfig) -> None:
                      "gradients and Adam moments)", f"--resolution {cfg.resolution}")
 
 
-def _spec(cfg: NerfConfig, half_size: float) -> presets.RadianceSpec:
-    """The model's spec in the box ``[-half_size, half_size]^3`` (first marching step: half a starting voxel)."""
-    first = 2 * half_size / max(8, cfg.resolution // 2) * cfg.step_ratio
+def _spec(cfg: NerfConfig, half_size: float, unit: float = 1.0) -> presets.RadianceSpec:
+    """The model's spec in the box ``[-half_size, half_size]^3`` (first marching step: half a starting voxel,
+    ``unit`` world units per box unit: the contracted space's inner radius)."""
+    first = 2 * half_size / max(8, cfg.resolution // 2) * cfg.step_ratio * unit
     return presets.get("nerf", cfg.model, resolution=cfg.resolution, appearance=cfg.appearance,
                        aabb_scale=half_size, step=first, alpha_init=cfg.alpha_init)
+
+
+#: the field's box in NDC: the reference frustum is [-1, 1]^3; the other cameras see a little beyond it
+NDC_BOX = (-1.5, -1.5, -1.0, 1.5, 1.5, 1.0)
+
+
+def border_color(images: torch.Tensor) -> torch.Tensor:
+    """``[3]``: the median colour of the outermost pixel ring of ``images [N, H, W, 3]`` (where the background
+    shows most; what the learned background starts at)."""
+    ring = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
+    return ring.reshape(-1, 3).median(0).values
+
+
+def scene_space(cfg: NerfConfig, fmt: str) -> str:
+    """The space ``box | contract | ndc`` of ``--scene-space`` for a scene of format ``fmt``."""
+    if cfg.scene_space != "auto":
+        return cfg.scene_space
+    return {"blender": "box", "llff": "ndc"}.get(fmt, "contract")
+
+
+def _space_spec(cfg: NerfConfig, space: str, scene) -> presets.RadianceSpec:
+    """The field's spec in ``space``, with the learned background of ``--background-model``."""
+    if space == "contract":
+        spec = _spec(cfg, 2.0, cfg.scene_radius)
+    elif space == "ndc":
+        spec = replace(_spec(cfg, 1.5), aabb=NDC_BOX)
+    elif scene.format != "blender":  # a re-oriented capture: cameras in [-1, 1]^3, content around them
+        spec = _spec(cfg, max(cfg.aabb_scale, scene.extra.get("scene_radius", 0.0)))
+    else:
+        spec = _spec(cfg, cfg.aabb_scale)
+    learned = cfg.background_model == "sh" or (cfg.background_model == "auto" and space != "box")
+    return replace(spec, field={**spec.field, "background": "sh"}) if learned else spec
 
 
 def run(cfg: NerfConfig) -> dict:
@@ -139,22 +189,29 @@ def run(cfg: NerfConfig) -> dict:
     _check_memory(spec, cfg)
     seed_everything(t.seed)
     bg = (1.0, 1.0, 1.0) if cfg.white_background else (0.0, 0.0, 0.0)
-    train, test, scene = load_scene(cfg.scene, cfg.format, cfg.downscale, bg, cfg.missing_images, cfg.test_every)
-    if scene.format != "blender":  # a re-oriented capture: cameras in [-1, 1]^3, content around them
-        spec = _spec(cfg, max(cfg.aabb_scale, scene.extra.get("scene_radius", 0.0)))
+    fmt = detect_format(cfg.scene) if cfg.format == "auto" else cfg.format
+    space = scene_space(cfg, fmt)
+    train, test, scene = load_scene(cfg.scene, fmt, cfg.downscale, bg, cfg.missing_images, cfg.test_every,
+                                    ndc=space == "ndc")
+    spec = _space_spec(cfg, space, scene)
     every = test
     keep = evenly_spaced(test.images.shape[0], cfg.test_views)
     test = BlenderSplit(test.images[keep], test.c2w[keep], test.K, [test.names[i] for i in keep], test.near, test.far)
     dev = ctx.device
     occ = OccupancyGrid(torch.tensor(list(spec.aabb)), cfg.occ_resolution).to(dev)
-    if cfg.carve and train.alphas is not None:
+    if cfg.carve and train.alphas is not None and space == "box":  # carving projects world cell centres
         occ.carve(train.c2w, train.K, train.alphas, train.near)
         if not occ.binary.any():
             raise InputError("carving with the training alpha masks left no occupied cell; check the poses "
                              "(OpenGL camera-to-world) or pass --no-carve")
         spec = replace(spec, aabb=occ.occupied_aabb(margin_cells=2).tolist())
     field = apply_backend(spec.build().to(dev), t.backend)
-    settings = RenderSettings(train.near, train.far, step_size(field, spec, cfg.step_ratio), bg, backend=t.backend)
+    field.init_background(border_color(train.images))
+    contracted = space == "contract"
+    settings = RenderSettings(train.near, cfg.far if contracted else train.far,
+                              step_size(field, spec, cfg.step_ratio) * (cfg.scene_radius if contracted else 1.0),
+                              bg, backend=t.backend, contraction=cfg.contraction if contracted else "none",
+                              scene_radius=cfg.scene_radius, ndc=scene.extra.get("ndc") if space == "ndc" else None)
     opts = NerfSchedule(cfg.batch_rays, cfg.tv_weight, cfg.step_ratio, cfg.occ_every, cfg.occ_start, cfg.resolution)
     config = config_dict(cfg)
     key = resume_key(config, ignore=("test_views", "save_renders", "turntable_frames", "curve_views",
@@ -179,7 +236,8 @@ def run(cfg: NerfConfig) -> dict:
         outputs.save_checkpoint(d / "checkpoint.pt", field, occ, spec.to_dict(), asdict(settings), camera,
                                 train.c2w)
         if cfg.turntable_frames > 0:
-            poses = orbit_poses(cfg.turntable_frames, camera["radius"], camera["elevation"])
+            poses = (spiral_poses(train.c2w, cfg.turntable_frames) if space == "ndc" else  # forward-facing
+                     orbit_poses(cfg.turntable_frames, camera["radius"], camera["elevation"]))
             frames = render_path(field, occ, settings, poses, train.K.scaled(2))
             outputs.save_gif(d / "turntable.gif", [f["rgb"] for f in frames])
         metrics.update({
@@ -191,7 +249,7 @@ def run(cfg: NerfConfig) -> dict:
             "appearance": spec.field["appearance"], "final_resolution": spec.resolution,
             "device": str(dev), "threads": torch.get_num_threads(), "world_size": ctx.dist.world,
             **{k: v for k, v in stats.items() if k not in ("train_seconds", "rays_per_second", "history")},
-            "scene_format": scene.format, "world_from_scene": scene.world_from_scene.tolist(),
+            "scene_format": scene.format, "scene_space": space, "world_from_scene": scene.world_from_scene.tolist(),
             "skipped_frames": scene.skipped,
             "psnr_per_view": ev["psnr_per_view"], "ssim_per_view": ev["ssim_per_view"], "spec": spec.to_dict(),
             "config": config, **run_record("nerf", dev)})
@@ -206,24 +264,37 @@ def run(cfg: NerfConfig) -> dict:
 
 @dataclass
 class MakeSceneConfig:
-    """Render a mesh from cameras on a sphere into a Blender-format scene (RGBA + transforms files)."""
+    """Render a mesh into a synthetic scene: Blender format (cameras on a sphere; RGBA + transforms files) or,
+    with --layout llff, a forward-facing LLFF capture (poses_bounds.npy + images_8/; load it with
+    `gridfield nerf SCENE --downscale 8`)."""
 
     mesh: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="MESH_OR_BUILTIN")] = "torus_knot"
     """Mesh file (OBJ, PLY, OFF, STL, ...) or built-in shape name (torus_knot)."""
+    layout: Literal["blender", "llff"] = "blender"
+    """blender: train/test/val views from Fibonacci lattices on a sphere, RGBA on transparent background.
+    llff: the mesh in front of a textured wall and floor, seen by a jittered, roughly planar grid of cameras
+    looking along one axis (a handheld forward-facing capture); written as LLFF's poses_bounds.npy ([N, 17]:
+    down/right/back axes, position and (h, w, f) of the 8x larger full-size images, then the near/far bounds:
+    0.1 and 99.9 percentiles of each view's hit depths) and images_8/ (at --size); every 8th view is the
+    loader's test set, so --test-views and --upper do not apply."""
     views: int = 50
-    """Training views (Fibonacci lattice on the sphere)."""
+    """Training views (blender: Fibonacci lattice on the sphere); llff: all views (>= 2)."""
     test_views: int = 10
-    """Test views (also written as the val split)."""
+    """Test views (also written as the val split); blender only."""
     size: int = 128
-    """Image width and height in pixels."""
+    """Image width in pixels (and the height unless --height); llff: the 1/8 size (LLFF's images_8: 504)."""
+    height: int | None = None
+    """Image height in pixels (None: --size for blender, 3/4 of --size for llff, e.g. 504 -> 378)."""
     distance: float = 4.0
-    """Camera distance from the origin (the mesh is normalised to radius 1)."""
+    """Camera distance from the origin (the mesh is normalised to radius 1); llff: of the camera plane."""
+    spread: float = 0.25
+    """llff: width of the camera grid over --distance (its height is 3/4 of that)."""
     supersample: int = 2
     """Rays per pixel per axis (anti-aliasing)."""
     upper: bool = False
-    """Cameras on the upper hemisphere only (like the NeRF-synthetic scenes)."""
+    """Cameras on the upper hemisphere only (like the NeRF-synthetic scenes); blender only."""
     out: Path = Path("outputs/scene")
-    """Output scene folder (written atomically: all views and transforms files, or nothing)."""
+    """Output scene folder (written atomically: all views and pose files, or nothing)."""
 
 
 def run_make_scene(cfg: MakeSceneConfig) -> Path:
@@ -231,13 +302,20 @@ def run_make_scene(cfg: MakeSceneConfig) -> Path:
     the memory of one view and ``--out`` are checked by :func:`make_scene` before the mesh is loaded)."""
     from gridfield.data.scene_maker import make_scene  # deferred: needs the optional mesh extra
 
-    check_options(("--views", cfg.views, cfg.views >= 1, ">= 1"),
+    llff = cfg.layout == "llff"
+    check_options(("--views", cfg.views, cfg.views >= (2 if llff else 1), ">= 2 for --layout llff" if llff else ">= 1"),
                   ("--test-views", cfg.test_views, cfg.test_views >= 1, ">= 1"),
                   ("--size", cfg.size, cfg.size >= 4, ">= 4"),
+                  ("--height", cfg.height, cfg.height is None or cfg.height >= 4, ">= 4 (or None)"),
                   ("--supersample", cfg.supersample, cfg.supersample >= 1, ">= 1"),
                   ("--distance", cfg.distance, finite(cfg.distance) and cfg.distance > 1.0,
-                   "finite and > 1 (the mesh is normalised to radius 1)"))
+                   "finite and > 1 (the mesh is normalised to radius 1)"),
+                  ("--spread", cfg.spread, finite(cfg.spread) and 0 < cfg.spread <= 2, "finite and in (0, 2]"))
     out = make_scene(cfg.mesh, cfg.out, cfg.views, cfg.test_views, cfg.size, cfg.distance, 1.0, cfg.supersample,
-                     cfg.upper)
-    print(f"wrote {cfg.views} train and {cfg.test_views} test views of {cfg.mesh} to {out}")
+                     cfg.upper, cfg.layout, cfg.height, cfg.spread)
+    if llff:
+        print(f"wrote a forward-facing LLFF scene of {cfg.views} views of {cfg.mesh} to {out} (images_8/; "
+              "train on it with --downscale 8)")
+    else:
+        print(f"wrote {cfg.views} train and {cfg.test_views} test views of {cfg.mesh} to {out}")
     return out

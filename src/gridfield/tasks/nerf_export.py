@@ -29,6 +29,7 @@ from gridfield.render import outputs
 from gridfield.render.paths import interpolate_poses, read_path_file, spiral_poses
 from gridfield.render.pipeline import render_camera
 from gridfield.render.rays import Intrinsics, orbit_poses
+from gridfield.render.spaces import ndc_to_world, uncontract
 from gridfield.tasks.nerf_eval import load_nerf
 from gridfield.training import check_options, finite
 
@@ -102,6 +103,9 @@ def run_render_video(cfg: RenderVideoConfig) -> dict:
         print(f"note: imageio-ffmpeg is not installed (pip install 'gridfield[video]'); writing {out} instead")
     check_out_file(out)
     field, occ, settings, camera = load_nerf(cfg.checkpoint)
+    if settings.ndc is not None and cfg.path == "orbit":
+        raise InputError(f"{cfg.checkpoint}: a forward-facing (NDC) scene is seen from the front only; use --path "
+                         "spiral or interpolate")
     K = Intrinsics(**camera["K"])
     if cfg.downscale != 1:
         K = K.scaled(cfg.downscale)
@@ -170,6 +174,8 @@ def run_export_mesh(cfg: ExportMeshConfig) -> dict:
     memory.guard(r**3 * 4 * 6, f"the {r}^3 density lattice", f"--resolution {r}")
     field, occ, settings, camera = load_nerf(cfg.checkpoint)
     aabb = occ.occupied_aabb(margin_cells=2).cpu() if occ.n_updates > 0 else field.aabb.cpu()
+    if settings.contraction != "none":  # the inner region only: beyond it the lattice would be stretched to infinity
+        aabb = torch.cat([aabb[:3].clamp(min=-1.0), aabb[3:].clamp(max=1.0)])
     sigma = density_lattice(field, aabb, r)
     spacing = ((aabb[3:] - aabb[:3]) / (r - 1)).numpy().astype(np.float64)
     level = -math.log(1 - cfg.alpha) / settings.step
@@ -179,6 +185,7 @@ def run_export_mesh(cfg: ExportMeshConfig) -> dict:
     verts, faces, _, _ = marching_cubes(sigma, level, spacing=tuple(spacing))
     verts = verts + aabb[:3].numpy()
     colors = _vertex_colors(field, torch.from_numpy(verts).float())
+    verts = scene_points(torch.from_numpy(verts), settings).numpy()
     T = np.asarray(camera.get("world_from_scene", np.eye(4)), np.float64)
     world = verts @ T[:3, :3].T + T[:3, 3]  # back to the capture's frame
     # a similarity with positive scale keeps the orientation; the winding of marching_cubes stays valid
@@ -186,6 +193,16 @@ def run_export_mesh(cfg: ExportMeshConfig) -> dict:
     write_file_atomically(cfg.out, lambda tmp: mesh.export(tmp), "--out")
     print(f"mesh with {len(verts)} vertices and {len(faces)} faces (level {level:.3g}) -> {cfg.out}")
     return {"vertices": int(len(verts)), "faces": int(len(faces)), "level": level, "out": str(cfg.out)}
+
+
+def scene_points(x: torch.Tensor, settings) -> torch.Tensor:
+    """Field-space points ``[N, 3]`` -> the normalised scene frame: uncontracted (``settings.contraction``),
+    out of NDC (``settings.ndc``), or unchanged (the scene box)."""
+    if settings.contraction != "none":
+        return uncontract(x, settings.contraction, settings.scene_radius)
+    if settings.ndc is not None:
+        return ndc_to_world(x, *settings.ndc)
+    return x
 
 
 def _vertex_colors(field, verts: torch.Tensor, chunk: int = 1 << 16) -> np.ndarray:

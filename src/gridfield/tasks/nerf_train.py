@@ -49,11 +49,12 @@ class NerfSchedule:
     resolution: int = 128
 
 
-def step_size(field: RadianceField, spec: RadianceSpec, ratio: float) -> float:
-    """Marching step: ``ratio`` voxels of the dense density grid, or of a ``resolution`` lattice."""
+def step_size(field: RadianceField, spec: RadianceSpec, ratio: float, unit: float = 1.0) -> float:
+    """Marching step: ``ratio`` voxels of the dense density grid, or of a ``resolution`` lattice (``unit``
+    world units per field unit: the contracted space's inner radius, where steps are warped distances)."""
     res = dense_resolution(field.density_grid)
     ext = float((field.aabb[3:] - field.aabb[:3]).max())
-    return ratio * ext / ((res - 1) if res else spec.resolution)
+    return ratio * ext / ((res - 1) if res else spec.resolution) * unit
 
 
 def refit_plan(resolution: int) -> list[tuple[float, int]]:
@@ -96,7 +97,8 @@ class NerfTask(TrainTask):
     def _refit(self, res: int, box: torch.Tensor) -> None:
         refit_dense(self.module, box, res)
         self.spec = self.spec.refit(res, self.module.aabb.tolist())
-        self.settings = replace(self.settings, step=step_size(self.module, self.spec, self.opts.step_ratio))
+        unit = self.settings.scene_radius if self.settings.contraction != "none" else 1.0
+        self.settings = replace(self.settings, step=step_size(self.module, self.spec, self.opts.step_ratio, unit))
 
     def batch_loss(self, step: int, gen: torch.Generator):
         info, dev = distributed.current(), self.module.aabb.device
