@@ -43,6 +43,7 @@ import math
 import os
 import resource
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -297,7 +298,7 @@ def to_markdown(results: dict) -> str:
                "date": (r.get("date") or "")[:16].replace("T", " ")}
         rows.append({k: ("" if v is None else v) for k, v in row.items()})
     table = markdown_table(rows, COLUMNS) if rows else "(no cell has been run yet)"
-    return (f"{SECTION}\n\n"
+    intro = textwrap.fill(
             "`python benchmarks/nerf_captures.py` (issue #14; resumable per cell, `--quick` checks every cell in a "
             "few minutes, `--report-only` rewrites this section from `benchmarks/results/nerf_captures.json`). "
             "Cells: **fox** (`../shared/data/fox`, 50 photos of 1080x1920, downscale 4: 270x480), 10 minutes of "
@@ -309,8 +310,9 @@ def to_markdown(results: dict) -> str:
             "views) at 10 minutes from the time-to-PSNR curve (`psnr_10min`: a point of the 20-minute run, whose "
             "learning rate has decayed only halfway) and PSNR and SSIM at 20 minutes. `budget_s`: training "
             "seconds (the training clock; curve renders excluded); `rays_per_second`: training rays; "
-            "`render_seconds`: the whole video, decoding of the checkpoint and encoding included.\n\n"
-            + table + "\n")
+            "`render_seconds`: the whole video, decoding of the checkpoint and encoding included.", width=110,
+            break_long_words=False, break_on_hyphens=False)
+    return f"{SECTION}\n\n{intro}\n\n{table}\n"
 
 
 def write_section(markdown: str) -> None:
