@@ -166,8 +166,9 @@ class RadianceField(nn.Module):
 
     @torch.no_grad()
     def init_background(self, rgb: Tensor) -> None:
-        """Start the learned background at the constant colour ``rgb [3]`` in ``(0, 1)`` (say, the training
-        images' mean): otherwise the field learns to explain that colour by fog before the background does."""
+        """Start the learned background at the constant colour ``rgb [3]`` in ``(0, 1)`` (``gridfield nerf``: the
+        median of the training images' border pixels): otherwise the field learns to explain that colour by
+        fog before the background does. No-op without a learned background."""
         if self.background_sh is not None:
             self.background_sh.zero_()
             self.background_sh[:, 0] = torch.logit(rgb.clamp(0.02, 0.98).to(self.background_sh))

@@ -45,6 +45,12 @@ class RenderSettings:
     scene_radius: float = 1.0  # the inner (uncontracted) region's radius
     ndc: tuple[float, float, float, float, float] | None = None  # (fx, fy, cx, cy, near): NDC rays
 
+    @property
+    def step_unit(self) -> float:
+        """Marching-step units per field unit: the inner radius in contracted space (steps are warped
+        distances there), else 1."""
+        return self.scene_radius if self.contraction != "none" else 1.0
+
 
 def _space_rays(origins: Tensor, dirs: Tensor, s: RenderSettings) -> tuple[Tensor, Tensor]:
     """The rays the marcher walks: the world rays, or their NDC images (unit directions) when ``s.ndc``."""

@@ -10,8 +10,8 @@
   most ``2 radius / step`` per ray). Volume rendering integrates the density over ``u`` as well (the
   field's density is per warped length; world density = density / (t / radius)^2 beyond the radius):
   with world lengths, an untrained field is opaque in the far field, whose long steps then paint each
-  training view as a backdrop instead of learning the scene (measured on a 64-view object capture:
-  hash 10.2 dB on the held-out views with world lengths, 25.0 dB with warped ones).
+  training view as a backdrop instead of learning the scene (``docs/nerf.md``, "Scene spaces", has the
+  measurements).
 * **NDC** (NeRF, Mildenhall et al. 2020, appendix C): forward-facing scenes seen from cameras looking
   down ``-z``; a ray from the plane ``z = -near`` to ``z = -inf`` becomes a segment of ``[-1, 1]^3``.
 

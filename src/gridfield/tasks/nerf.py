@@ -208,10 +208,10 @@ def run(cfg: NerfConfig) -> dict:
     field = apply_backend(spec.build().to(dev), t.backend)
     field.init_background(border_color(train.images))
     contracted = space == "contract"
-    settings = RenderSettings(train.near, cfg.far if contracted else train.far,
-                              step_size(field, spec, cfg.step_ratio) * (cfg.scene_radius if contracted else 1.0),
-                              bg, backend=t.backend, contraction=cfg.contraction if contracted else "none",
-                              scene_radius=cfg.scene_radius, ndc=scene.extra.get("ndc") if space == "ndc" else None)
+    settings = RenderSettings(train.near, cfg.far if contracted else train.far, 1.0, bg, backend=t.backend,
+                              contraction=cfg.contraction if contracted else "none", scene_radius=cfg.scene_radius,
+                              ndc=scene.extra.get("ndc") if space == "ndc" else None)
+    settings = replace(settings, step=step_size(field, spec, cfg.step_ratio, settings.step_unit))
     opts = NerfSchedule(cfg.batch_rays, cfg.tv_weight, cfg.step_ratio, cfg.occ_every, cfg.occ_start, cfg.resolution)
     config = config_dict(cfg)
     key = resume_key(config, ignore=("test_views", "save_renders", "turntable_frames", "curve_views",

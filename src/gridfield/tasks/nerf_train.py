@@ -97,8 +97,8 @@ class NerfTask(TrainTask):
     def _refit(self, res: int, box: torch.Tensor) -> None:
         refit_dense(self.module, box, res)
         self.spec = self.spec.refit(res, self.module.aabb.tolist())
-        unit = self.settings.scene_radius if self.settings.contraction != "none" else 1.0
-        self.settings = replace(self.settings, step=step_size(self.module, self.spec, self.opts.step_ratio, unit))
+        self.settings = replace(self.settings, step=step_size(self.module, self.spec, self.opts.step_ratio,
+                                                              self.settings.step_unit))
 
     def batch_loss(self, step: int, gen: torch.Generator):
         info, dev = distributed.current(), self.module.aabb.device
