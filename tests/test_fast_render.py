@@ -16,6 +16,7 @@ from gridfield.fast import FastPathUnavailable
 from gridfield.render.marching import march_rays
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings, render_rays, render_rays_eval
+from gridfield.render.spaces import warp_distance
 from gridfield.render.volrend import render_weight_from_density
 
 
@@ -75,6 +76,38 @@ def test_march_bounds_and_max_steps(fast_mod):
     for a, b in zip(ref, fast):
         assert torch.equal(a, b)
     assert (torch.bincount(fast[0], minlength=200) <= 40).all()
+
+
+@pytest.mark.parametrize("kind", ["l2", "linf"])
+@pytest.mark.parametrize("stratified", [False, True])
+def test_march_contracted_same_samples(fast_mod, kind, stratified):
+    """Contracted space: the kernel's samples are the reference's, up to points within a rounding of a
+    cell face (the Euclidean norm sums in another order); the intervals of shared samples agree exactly."""
+    g = torch.Generator().manual_seed(3)
+    n = 400
+    o = torch.randn(n, 3, generator=g) * 0.4
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    occ = OccupancyGrid(torch.tensor([-2.0, -2.0, -2.0, 2.0, 2.0, 2.0]), resolution=24)
+    occ.binary.copy_(torch.rand(24, 24, 24, generator=g) < 0.4)
+    ref, fast = _march_both(o, d, 0.05, 1000.0, 2 / 80, occ.aabb, occ, stratified=stratified, contraction=kind,
+                            radius=1.3)
+    assert ref[0].numel() > 5000
+    key = lambda r: set(zip(r[0].tolist(), r[1].tolist(), r[2].tolist()))
+    a, b = key(ref), key(fast)
+    assert len(a ^ b) <= 1e-3 * len(a), f"{len(a ^ b)} of {len(a)} samples differ"
+    assert (fast[0][1:] >= fast[0][:-1]).all()
+    ri, t0, t1 = fast
+    same_ray = ri[1:] == ri[:-1]
+    u0, u1 = warp_distance(t0, 1.3), warp_distance(t1, 1.3)  # far out, one rounding of u moves t a lot
+    assert (u0[1:][same_ray] >= u1[:-1][same_ray] - 1e-6).all()  # front to back, disjoint up to rounding
+    assert (t1 > t0).all()
+
+
+def test_march_contracted_without_occupancy_tiles_the_warped_ray(fast_mod):
+    o, d = _rays(50, seed=4)
+    ref, fast = _march_both(o, d, 0.1, 500.0, 0.05, torch.tensor([-2.0] * 3 + [2.0] * 3), None, contraction="l2")
+    for a, b in zip(ref, fast):
+        assert torch.equal(a, b)
 
 
 def test_march_no_live_ray(fast_mod):

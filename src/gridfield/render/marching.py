@@ -48,12 +48,12 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
     uniform offset per ray in ``[0, step)`` when ``stratified``), kept when the interval's midpoint is
     before ``t_stop`` and in an occupied cell. ``t_start``/``t_stop`` default to :func:`ray_bounds`.
     At most ``max_steps`` steps per ray are considered (all by default). With a ``contraction`` (``"l2"``,
-    ``"linf"``; scene ``radius``), ``step``, ``t_start`` and ``t_stop`` are warped distances (plain PyTorch
-    only), the occupancy grid lives in contracted space, and the returned intervals are world distances.
+    ``"linf"``; scene ``radius``), ``step``, ``t_start`` and ``t_stop`` are warped distances, the occupancy
+    grid lives in contracted space, and the returned intervals are world distances.
 
-    ``backend``: ``"auto"`` uses the C++ kernel (:mod:`gridfield.fast.render`, same samples bit for bit,
-    same random numbers drawn) on CPU float32, the plain-PyTorch reference otherwise; ``"fast"`` /
-    ``"reference"`` force one.
+    ``backend``: ``"auto"`` uses the C++ kernel (:mod:`gridfield.fast.render`, same random numbers drawn; in
+    the box the same samples bit for bit, contracted the same up to points within a rounding of a cell face)
+    on CPU float32, the plain-PyTorch reference otherwise; ``"fast"`` / ``"reference"`` force one.
 
     Returns ``ray_indices [M]`` (long, non-decreasing), ``t_starts [M]``, ``t_ends [M]``.
     Not differentiable (the bounds are not learned).
@@ -72,17 +72,15 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
     if max_steps is not None:
         n_steps = min(n_steps, max_steps)
     rays = torch.nonzero(live)[:, 0]
-    if contraction != "none":
-        if backend == "fast":
-            raise ValueError("the fast marcher has no contracted space; use backend 'auto' or 'reference'")
-        return _march_warped(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays,
-                             contraction, radius)
     mod = fast.module(backend, origins, dirs, t_start, t_stop)
     if mod is not None:
         offset = torch.zeros_like(t_start)
         if stratified:  # the reference's random numbers: one per live ray
             offset[rays] = torch.rand(rays.shape[0], device=origins.device) * step
-        return fast.march(mod, origins, dirs, t_start, t_stop, offset, n_steps, step, occupancy)
+        return fast.march(mod, origins, dirs, t_start, t_stop, offset, n_steps, step, occupancy, contraction, radius)
+    if contraction != "none":
+        return _march_warped(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays,
+                             contraction, radius)
     return _march_reference(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays)
 
 

@@ -8,6 +8,9 @@
 //   and the point o + d * mid lies in an occupied cell (u = (x - lo) / (hi - lo) in [0, 1]^3,
 //   cell = clamp(int(u * R), 0, R - 1)). mid grows with k, so a ray stops at its first mid >= t_stop.
 //   Two passes over the rays (count, then write), samples of a ray contiguous and front to back.
+//   Contracted (unbounded) scenes: the same in warped distances u (u0_k, u0_k + step unwarped to world t0, t1,
+//   the grid tested at contract((t0 + t1) / 2)); the Euclidean norm sums in double, so a point within a
+//   rounding of a cell face may land in the neighbouring cell (tests allow a few such samples).
 // weights: per run of equal ray indices (or per row of a padded [R, S] block), tau = sigma * (t1 - t0),
 //   T_i = exp(-sum_{j<i} tau_j) (sum in double), alpha_i = 1 - exp(-tau_i), w_i = T_i alpha_i.
 //   Backward: dL/dtau_i = (g_alpha_i + g_w_i T_i) exp(-tau_i) - sum_{j>i} (g_w_j w_j + g_T_j T_j),
@@ -43,19 +46,78 @@ struct Occ {
   float fres;
 };
 
-// One sample's occupancy test, in the reference's float32 operation order.
-inline bool occupied(const Occ& g, const float* o, const float* d, float mid) {
-  if (g.bits == nullptr) return true;
+// The occupancy test of a point x, in the reference's float32 operation order.
+inline bool occupied_at(const Occ& g, const float* x) {
   int64_t ijk[3];
   for (int j = 0; j < 3; ++j) {
-    const float x = o[j] + d[j] * mid;
-    const float u = (x - g.lo[j]) / g.ext[j];
+    const float u = (x[j] - g.lo[j]) / g.ext[j];
     if (!(u >= 0.0f && u <= 1.0f)) return false;
     int64_t c = static_cast<int64_t>(u * g.fres);  // trunc toward zero, like .long()
     c = c < 0 ? 0 : (c > g.res - 1 ? g.res - 1 : c);
     ijk[j] = c;
   }
   return g.bits[(ijk[0] * g.res + ijk[1]) * g.res + ijk[2]];
+}
+
+// One sample's occupancy test at o + d * mid.
+inline bool occupied(const Occ& g, const float* o, const float* d, float mid) {
+  if (g.bits == nullptr) return true;
+  const float x[3] = {o[0] + d[0] * mid, o[1] + d[1] * mid, o[2] + d[2] * mid};
+  return occupied_at(g, x);
+}
+
+// Unbounded scenes (gridfield/render/spaces.py): kind 1 = l2, 2 = linf contraction of x / R; steps uniform
+// in the warped distance u (u = t up to R, R^2 / (2R - u) beyond).
+struct Warp {
+  int64_t kind;
+  float R, RR, R2, hi;  // R, R * R, 2 R, the clamp 2 R (1 - 1e-7)
+};
+
+inline float unwarp(const Warp& w, float u) {
+  if (u <= w.R) return u;
+  const float c = std::min(std::max(u, w.R), w.hi);
+  return (1.0f / (w.R2 - c)) * w.RR;  // torch's scalar / tensor: reciprocal, then the product
+}
+
+// The occupancy test of the contracted point contract(o + d * mid).
+inline bool occupied_contracted(const Occ& g, const Warp& w, const float* o, const float* d, float mid) {
+  if (g.bits == nullptr) return true;
+  float z[3];
+  for (int j = 0; j < 3; ++j) z[j] = (o[j] + d[j] * mid) / w.R;
+  float n;
+  if (w.kind == 1) {
+    n = static_cast<float>(std::sqrt(static_cast<double>(z[0]) * z[0] + static_cast<double>(z[1]) * z[1] +
+                                     static_cast<double>(z[2]) * z[2]));
+  } else {
+    n = std::max(std::max(std::fabs(z[0]), std::fabs(z[1])), std::fabs(z[2]));
+  }
+  if (!(n <= 1.0f)) {
+    const float nc = std::max(n, 1.0f);
+    const float s = 2.0f - 1.0f / nc;
+    for (int j = 0; j < 3; ++j) z[j] = s * z[j] / nc;
+  }
+  return occupied_at(g, z);
+}
+
+template <bool WRITE>
+inline int64_t march_one_warped(const Occ& g, const Warp& w, const float* o, const float* d, float start, float stop,
+                                float step, float half, int64_t n_steps, int64_t ray, int64_t* ri, float* ts,
+                                float* te) {
+  int64_t n = 0;
+  for (int64_t k = 0; k < n_steps; ++k) {
+    const float u0 = start + static_cast<float>(k) * step;
+    if (!(u0 + half < stop)) break;
+    const float t0 = unwarp(w, u0), t1 = unwarp(w, u0 + step);
+    if (occupied_contracted(g, w, o, d, 0.5f * (t0 + t1))) {
+      if (WRITE) {
+        ri[n] = ray;
+        ts[n] = t0;
+        te[n] = t1;
+      }
+      ++n;
+    }
+  }
+  return n;
 }
 
 template <bool WRITE>
@@ -82,9 +144,12 @@ inline int64_t march_one(const Occ& g, const float* o, const float* d, float sta
 
 // origins, dirs [N, 3]; t_start, t_stop, offset [N] (offset added to t_start first, as the reference);
 // binary: bool [R^3] (x slowest) or an empty tensor for no occupancy grid; occ_aabb [6] float32.
+// contraction 0: steps in t inside the box; 1 (l2), 2 (linf): t_start, t_stop and step are warped distances,
+// the grid lives in contracted space, and the intervals come back in world distances (scene radius `radius`).
 std::vector<torch::Tensor> march(torch::Tensor origins, torch::Tensor dirs, torch::Tensor t_start,
                                  torch::Tensor t_stop, torch::Tensor offset, int64_t n_steps, double step,
-                                 torch::Tensor binary, torch::Tensor occ_aabb, int64_t occ_res) {
+                                 torch::Tensor binary, torch::Tensor occ_aabb, int64_t occ_res, int64_t contraction,
+                                 double radius) {
   check_cpu_float(origins, "origins");
   check_cpu_float(dirs, "dirs");
   check_cpu_float(t_start, "t_start");
@@ -111,17 +176,27 @@ std::vector<torch::Tensor> march(torch::Tensor origins, torch::Tensor dirs, torc
     g.fres = static_cast<float>(occ_res);
     g.bits = binary.data_ptr<bool>();
   }
+  TORCH_CHECK(contraction >= 0 && contraction <= 2, "render.march: contraction must be 0, 1 or 2");
+  const float R = static_cast<float>(radius);
+  const Warp w{contraction, R, static_cast<float>(radius * radius), static_cast<float>(2 * radius),
+               static_cast<float>(2 * radius * (1 - 1e-7))};
   const float fstep = static_cast<float>(step), half = static_cast<float>(0.5 * step);
   const float* po = origins.data_ptr<float>();
   const float* pd = dirs.data_ptr<float>();
   const float* p0 = t_start.data_ptr<float>();
   const float* p1 = t_stop.data_ptr<float>();
   const float* pf = offset.data_ptr<float>();
+  auto one = [&](auto write, int64_t r, int64_t* ri, float* ts, float* te) -> int64_t {
+    constexpr bool W = decltype(write)::value;
+    if (contraction == 0)
+      return march_one<W>(g, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, r, ri, ts, te);
+    return march_one_warped<W>(g, w, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, r, ri, ts,
+                               te);
+  };
   std::vector<int64_t> count(N + 1, 0);
   at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r)
-      count[r + 1] = march_one<false>(g, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, r,
-                                      nullptr, nullptr, nullptr);
+      count[r + 1] = one(std::false_type{}, r, nullptr, nullptr, nullptr);
   });
   for (int64_t r = 0; r < N; ++r) count[r + 1] += count[r];
   const int64_t M = count[N];
@@ -135,8 +210,7 @@ std::vector<torch::Tensor> march(torch::Tensor origins, torch::Tensor dirs, torc
     for (int64_t r = b; r < e; ++r) {
       if (count[r + 1] == count[r]) continue;
       const int64_t s = count[r];
-      march_one<true>(g, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, r, pri + s, pts + s,
-                      pte + s);
+      one(std::true_type{}, r, pri + s, pts + s, pte + s);
     }
   });
   return {ray_idx, ts, te};
