@@ -27,16 +27,18 @@ from torch import Tensor
 from gridfield import memory
 from gridfield.data.images import read_pixels, to_unit_float
 from gridfield.errors import InputError, regular_file
-from gridfield.render.rays import Intrinsics
+from gridfield.render.rays import FrameCameras, Intrinsics
 
 EXTENSIONS = ("", ".png", ".jpg", ".jpeg", ".exr")
 
 
 @dataclass
 class BlenderSplit:
-    """One split: ``images [N, H, W, 3]`` float32, ``c2w [N, 4, 4]`` float32, shared intrinsics ``K``,
-    frame names, the ``near``/``far`` planes and the alpha channels ``alphas [N, H, W]`` (None when
-    the images have no alpha)."""
+    """One split: ``images [N, H, W, 3]`` float32, ``c2w [N, 4, 4]`` float32, intrinsics ``K`` (every
+    frame's, or the first frame's when ``Ks`` is given), frame names, the ``near``/``far`` planes, the alpha
+    channels ``alphas [N, H, W]`` (None when the images have no alpha) and ``Ks``, one
+    :class:`~gridfield.render.rays.Intrinsics` per frame when the frames' cameras differ (all ``W x H``;
+    None: every frame has ``K``)."""
 
     images: Tensor
     c2w: Tensor
@@ -45,6 +47,24 @@ class BlenderSplit:
     near: float = 2.0
     far: float = 6.0
     alphas: Tensor | None = None
+    Ks: list[Intrinsics] | None = None
+
+    def camera(self, i: int) -> Intrinsics:
+        """The intrinsics of frame ``i``."""
+        return self.K if self.Ks is None else self.Ks[i]
+
+    def cameras(self) -> Intrinsics | FrameCameras:
+        """What :func:`~gridfield.render.rays.rays_from_pixels` takes for rays of any frame: ``K``, or the
+        per-frame :class:`~gridfield.render.rays.FrameCameras`."""
+        return self.K if self.Ks is None else FrameCameras.of(self.Ks)
+
+    def subset(self, idx: list[int]) -> BlenderSplit:
+        """The frames ``idx`` (in that order) as a split of their own."""
+        idx = [int(i) for i in idx]
+        return BlenderSplit(self.images[idx], self.c2w[idx], self.camera(idx[0]) if idx else self.K,
+                            [self.names[i] for i in idx], self.near, self.far,
+                            None if self.alphas is None else self.alphas[idx],
+                            None if self.Ks is None else [self.Ks[i] for i in idx])
 
 
 def transforms_path(root: str | Path, split: str) -> Path:

@@ -28,7 +28,10 @@ scaled so that the largest camera coordinate is 1 (the cameras fill the cube ``[
 the mean camera becomes the identity (looking down ``-z``) and the scene is scaled so that the nearest
 depth bound is at ``1 / 0.75`` (the NDC near plane is ``z = -1``).
 ``SceneInfo.world_from_scene`` maps the result back to the file's frame.
-One camera (intrinsics and distortion) per split; frames with different cameras are refused.
+Frames may have cameras of their own (intrinsics and distortion: per-frame keys of ``transforms.json``, the
+``(h, w, f)`` of each LLFF row, several COLMAP cameras): the splits then carry one per frame
+(``BlenderSplit.Ks``). They must share one image size and one lens model (fisheye or not); NDC uses the
+first frame's intrinsics for its projection (any world ray maps into it).
 """
 
 from __future__ import annotations
@@ -121,11 +124,15 @@ def load_scene(root: str | Path, format: str = "auto", downscale: int = 1,
                 SceneInfo("blender"))
     check_downscale(downscale)
     if fmt == "transforms":
-        images, alphas, c2w, K, names, info = _read_transforms(Path(root), downscale, background, missing)
+        images, alphas, c2w, Ks, names, info = _read_transforms(Path(root), downscale, background, missing)
     elif fmt == "llff":
-        images, alphas, c2w, K, names, info = _read_llff(Path(root), downscale)
+        images, alphas, c2w, Ks, names, info = _read_llff(Path(root), downscale)
     else:
-        images, alphas, c2w, K, names, info = _read_colmap(Path(root), downscale)
+        images, alphas, c2w, Ks, names, info = _read_colmap(Path(root), downscale)
+    if len({k.fisheye for k in Ks}) > 1:
+        raise InputError(f"{root}: some cameras are fisheye and some are not; one lens model per capture is "
+                         "supported")
+    K = Ks[0]
     if len(names) < 2:
         raise InputError(f"{root}: {len(names)} usable frame(s); need at least 2 (one to train, one to test)")
     near, far = CAPTURE_NEAR, 2 * math.sqrt(3) * 8
@@ -147,8 +154,10 @@ def load_scene(root: str | Path, format: str = "auto", downscale: int = 1,
 
     def split(idx: list[int]) -> BlenderSplit:
         a = None if alphas is None else torch.from_numpy(np.stack([alphas[i] for i in idx])).float()
+        ks = [Ks[i] for i in idx]
         return BlenderSplit(torch.from_numpy(np.stack([images[i] for i in idx])).float(),
-                            torch.from_numpy(c2w[idx]).float(), K, [names[i] for i in idx], near, far, a)
+                            torch.from_numpy(c2w[idx]).float(), ks[0], [names[i] for i in idx], near, far, a,
+                            None if all(k == ks[0] for k in ks) else ks)
 
     return split(train_idx), split(test_idx), info
 
@@ -293,7 +302,7 @@ def _read_transforms(root: Path, downscale: int, background, missing: str):
               f"({first}); pass --missing-images error to refuse them")
     if not frames:
         raise InputError(f"{path}: none of the {len(meta['frames'])} frames has an image")
-    images, alphas, names, K, poses = [], [], [], None, []
+    images, alphas, names, Ks, poses = [], [], [], [], []
     for fr, m, img_path, cam, where in frames:
         img, alpha = _load_rgba(img_path, background, where)
         if "mask_path" in fr:
@@ -305,14 +314,13 @@ def _read_transforms(root: Path, downscale: int, background, missing: str):
         if size is not None and size != (w, h):
             raise InputError(f"{where}: w/h {size[0]}x{size[1]} do not match the image ({w}x{h})")
         k = _camera_from_meta(cam, where, w, h)
-        if K is None:
-            K = k
+        if not Ks:
             memory.guard(len(frames) * h * w * 4 * 4 * 2, f"the images ({len(frames)} frames of {w} x {h})",
                          f"scene {str(path)!r}", "pass a larger --downscale")
-        elif k != K:
-            raise InputError(f"{where}: its camera ({k.width}x{k.height}, fl_x {k.fx:g}, cx {k.cx:g}) differs from "
-                             f"the first frame's ({K.width}x{K.height}, fl_x {K.fx:g}, cx {K.cx:g}); one camera per "
-                             "capture is supported")
+        elif (k.width, k.height) != (Ks[0].width, Ks[0].height):
+            raise InputError(f"{where}: its image is {k.width}x{k.height}, the first frame's {Ks[0].width}x"
+                             f"{Ks[0].height}; frames of one capture must share one image size")
+        Ks.append(k)
         images.append(_downscale(img, downscale, where) if downscale > 1 else img)
         if alpha is not None:
             alphas.append((_downscale(alpha, downscale, where) if downscale > 1 else alpha)[..., 0])
@@ -320,7 +328,7 @@ def _read_transforms(root: Path, downscale: int, background, missing: str):
         poses.append(m)
     info = SceneInfo("transforms", skipped=skipped, extra={"aabb_scale": meta.get("aabb_scale")})
     return (images, alphas if len(alphas) == len(images) else None, np.stack(poses),
-            K.scaled(downscale) if downscale > 1 else K, names, info)
+            [k.scaled(downscale) for k in Ks] if downscale > 1 else Ks, names, info)
 
 
 # -- LLFF ---------------------------------------------------------------------------------------------
@@ -370,9 +378,11 @@ def _read_llff(root: Path, downscale: int):
     mats, bounds = arr[:, :15].reshape(-1, 3, 5), arr[:, 15:]
     if (bounds <= 0).any() or (bounds[:, 0] >= bounds[:, 1]).any():
         raise InputError(f"{path}: the near/far bounds must be positive with near < far")
-    h, w, f = mats[0, :, 4]
-    if not (h > 0 and w > 0 and f > 0):
-        raise InputError(f"{path}: row 0: height, width and focal length must be positive, got {h}, {w}, {f}")
+    hwf = mats[:, :, 4]
+    bad = np.nonzero(~(hwf > 0).all(1))[0]
+    if bad.size:
+        h, w, f = hwf[bad[0]]
+        raise InputError(f"{path}: row {bad[0]}: height, width and focal length must be positive, got {h}, {w}, {f}")
     images = _read_images(files, rest, str(path))
     ih, iw = images[0].shape[:2]
     c2w = np.tile(np.eye(4), (arr.shape[0], 1, 1))
@@ -381,10 +391,9 @@ def _read_llff(root: Path, downscale: int):
     c2w[:, :3, 3] = mats[:, :, 3]
     for i in range(c2w.shape[0]):
         check_pose(c2w[i], f"{path} row {i} ({files[i].name})")
-    f_img = float(f) * iw / float(w)
-    K = Intrinsics(f_img, f_img, iw / 2, ih / 2, iw, ih)
+    Ks = [Intrinsics(float(f) * iw / float(w), float(f) * iw / float(w), iw / 2, ih / 2, iw, ih) for _, w, f in hwf]
     info = SceneInfo("llff", extra={"near_bound": float(bounds.min()), "far_bound": float(bounds.max())})
-    return images, None, c2w, K, [p.name for p in files], info
+    return images, None, c2w, Ks, [p.name for p in files], info
 
 
 # -- COLMAP -------------------------------------------------------------------------------------------
@@ -434,10 +443,8 @@ def _read_colmap(root: Path, downscale: int):
     imgs = sorted((im for im in rec.images.values() if getattr(im, "has_pose", True)), key=lambda im: im.name)
     if not imgs:
         raise InputError(f"{model}: the model has no registered images")
-    cams = {im.camera_id for im in imgs}
-    if len(cams) > 1:
-        raise InputError(f"{model}: {len(cams)} cameras ({sorted(cams)}); one camera per capture is supported")
-    K = _colmap_camera(rec.cameras[imgs[0].camera_id], f"{where} camera {imgs[0].camera_id}")
+    cams = {cid: _colmap_camera(rec.cameras[cid], f"{where} camera {cid}") for cid in sorted({im.camera_id
+                                                                                              for im in imgs})}
     folder, rest = _image_folder(root, downscale)
     paths = [folder / im.name for im in imgs]
     for p, im in zip(paths, imgs):
@@ -455,9 +462,13 @@ def _read_colmap(root: Path, downscale: int):
         c2w.append(cw)
     images = _read_images(paths, rest, where)
     ih, iw = images[0].shape[:2]
-    if folder.name != "images" or rest > 1:  # images of a downscaled folder or averaged here
-        K = replace(K.scaled(K.width / iw), width=iw, height=ih)
-    elif (iw, ih) != (K.width, K.height):
-        raise InputError(f"{where}: the images are {iw}x{ih}, the camera {K.width}x{K.height}")
+    Ks = {}
+    for cid, K in cams.items():
+        if folder.name != "images" or rest > 1:  # images of a downscaled folder or averaged here
+            Ks[cid] = replace(K.scaled(K.width / iw), width=iw, height=ih)
+        elif (iw, ih) != (K.width, K.height):
+            raise InputError(f"{where}: the images are {iw}x{ih}, camera {cid} {K.width}x{K.height}")
+        else:
+            Ks[cid] = K
     info = SceneInfo("colmap", extra={"points3D": int(rec.num_points3D())})
-    return images, None, np.stack(c2w), K, [im.name for im in imgs], info
+    return images, None, np.stack(c2w), [Ks[im.camera_id] for im in imgs], [im.name for im in imgs], info

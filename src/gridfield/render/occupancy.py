@@ -127,23 +127,25 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def carve(self, c2w: Tensor, K, alphas: Tensor, near: float) -> None:
         """Space carving from training masks (a visual hull): a cell stays occupied only if, in every
-        view ``c2w [N, 4, 4]`` (intrinsics ``K``) whose image contains its centre, the alpha mask
-        ``alphas [N, H, W]`` is non-zero within the cell's footprint (a max-pool dilation sized for a
-        cell at distance ``near``). Carved cells stay empty in later updates."""
+        view ``c2w [N, 4, 4]`` (intrinsics ``K``, or a list of one per view) whose image contains its
+        centre, the alpha mask ``alphas [N, H, W]`` is non-zero within the cell's footprint (a max-pool
+        dilation sized for a cell at distance ``near``). Carved cells stay empty in later updates."""
+        Ks = list(K) if isinstance(K, (list, tuple)) else [K] * c2w.shape[0]
         centres = self.cell_centers(jitter=False)
         half = 0.5 * float((self.aabb[3:] - self.aabb[:3]).norm()) / self.resolution
-        rad = max(1, math.ceil(max(K.fx, K.fy) * half / max(near, 1e-3)))
+        rad = max(1, math.ceil(max(max(k.fx, k.fy) for k in Ks) * half / max(near, 1e-3)))
         masks = F.max_pool2d((alphas > 0).float().unsqueeze(1), 2 * rad + 1, stride=1, padding=rad)[:, 0] > 0
         keep = self.carved.clone()
         for i in range(c2w.shape[0]):
+            k = Ks[i]
             w2c = torch.linalg.inv(c2w[i].double()).float().to(centres.device)
             p = centres @ w2c[:3, :3].T + w2c[:3, 3]
             depth = -p[:, 2]
-            u = K.fx * p[:, 0] / depth.clamp_min(1e-6) + K.cx
-            v = -K.fy * p[:, 1] / depth.clamp_min(1e-6) + K.cy
-            inside = (depth > 0) & (u >= 0) & (u < K.width) & (v >= 0) & (v < K.height)
+            u = k.fx * p[:, 0] / depth.clamp_min(1e-6) + k.cx
+            v = -k.fy * p[:, 1] / depth.clamp_min(1e-6) + k.cy
+            inside = (depth > 0) & (u >= 0) & (u < k.width) & (v >= 0) & (v < k.height)
             m = masks[i].to(centres.device)
-            hit = m[v.long().clamp(0, K.height - 1), u.long().clamp(0, K.width - 1)]
+            hit = m[v.long().clamp(0, k.height - 1), u.long().clamp(0, k.width - 1)]
             keep &= ~inside | hit
         self.carved.copy_(keep)
         self.binary &= keep.reshape(self.binary.shape)

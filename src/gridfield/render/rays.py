@@ -76,13 +76,53 @@ def pixel_directions(K: Intrinsics, cols: Tensor, rows: Tensor) -> Tensor:
     return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
 
 
-def rays_from_pixels(c2w: Tensor, K: Intrinsics, cols: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class FrameCameras:
+    """Per-frame intrinsics of a capture whose frames' cameras differ, as ``table [F, 10]`` float32 rows
+    ``(fx, fy, cx, cy, k1, k2, k3, k4, p1, p2)``, one lens model for all (``fisheye`` or not) and whether
+    any frame is ``distorted``; :func:`rays_from_pixels` takes it with each pixel's frame index."""
+
+    table: Tensor
+    fisheye: bool
+    distorted: bool
+
+    @staticmethod
+    def of(Ks: list[Intrinsics]) -> FrameCameras:
+        """From one :class:`Intrinsics` per frame (ValueError for fisheye and pinhole lenses mixed)."""
+        kinds = {k.fisheye for k in Ks}
+        if len(kinds) > 1:
+            raise ValueError("per-frame cameras must share one lens model (all fisheye or none)")
+        rows = [[k.fx, k.fy, k.cx, k.cy, k.k1, k.k2, k.k3, k.k4, k.p1, k.p2] for k in Ks]
+        return FrameCameras(torch.tensor(rows, dtype=torch.float32), kinds.pop(), any(k.distorted for k in Ks))
+
+    def to(self, device) -> FrameCameras:
+        return replace(self, table=self.table.to(device))
+
+    def directions(self, frames: Tensor, cols: Tensor, rows: Tensor) -> Tensor:
+        """:func:`pixel_directions` with the camera of each pixel's frame: ``frames, cols, rows [N]`` -> ``[N, 3]``."""
+        p = self.table.to(cols.device)[frames]
+        x = (cols.float() + 0.5 - p[:, 2]) / p[:, 0]
+        y = (rows.float() + 0.5 - p[:, 3]) / p[:, 1]
+        if self.distorted:
+            x, y = undistort(x, y, k1=p[:, 4], k2=p[:, 5], k3=p[:, 6], k4=p[:, 7], p1=p[:, 8], p2=p[:, 9],
+                             fisheye=self.fisheye)
+        return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
+
+
+def rays_from_pixels(c2w: Tensor, K: Intrinsics | FrameCameras, cols: Tensor, rows: Tensor,
+                     frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """World rays through pixel centres.
 
-    c2w: ``[4, 4]`` (one camera) or ``[N, 4, 4]`` (one per pixel); cols, rows: ``[N]`` integer.
+    c2w: ``[4, 4]`` (one camera) or ``[N, 4, 4]`` (one per pixel); cols, rows: ``[N]`` integer; with
+    per-frame cameras ``K`` (:class:`FrameCameras`), ``frames [N]`` says whose camera each pixel is.
     Returns origins ``[N, 3]`` and unit directions ``[N, 3]`` (differentiable in ``c2w``).
     """
-    d_cam = pixel_directions(K, cols, rows).to(c2w)
+    if isinstance(K, FrameCameras):
+        if frames is None:
+            raise ValueError("per-frame cameras need the frame index of every pixel")
+        d_cam = K.directions(frames, cols, rows).to(c2w)
+    else:
+        d_cam = pixel_directions(K, cols, rows).to(c2w)
     rot = c2w[..., :3, :3]
     d = (d_cam.unsqueeze(-2) * rot).sum(-1) if rot.ndim == 3 else d_cam @ rot.T
     o = c2w[..., :3, 3].expand_as(d)

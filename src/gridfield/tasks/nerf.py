@@ -18,7 +18,6 @@ import torch
 import tyro
 
 from gridfield import memory, presets
-from gridfield.data.blender import BlenderSplit
 from gridfield.data.captures import detect_format, load_scene
 from gridfield.errors import InputError
 from gridfield.models import count_parameters
@@ -196,11 +195,11 @@ def run(cfg: NerfConfig) -> dict:
     spec = _space_spec(cfg, space, scene)
     every = test
     keep = evenly_spaced(test.images.shape[0], cfg.test_views)
-    test = BlenderSplit(test.images[keep], test.c2w[keep], test.K, [test.names[i] for i in keep], test.near, test.far)
+    test = replace(test.subset(keep), alphas=None)
     dev = ctx.device
     occ = OccupancyGrid(torch.tensor(list(spec.aabb)), cfg.occ_resolution).to(dev)
     if cfg.carve and train.alphas is not None and space == "box":  # carving projects world cell centres
-        occ.carve(train.c2w, train.K, train.alphas, train.near)
+        occ.carve(train.c2w, train.Ks or train.K, train.alphas, train.near)
         if not occ.binary.any():
             raise InputError("carving with the training alpha masks left no occupied cell; check the poses "
                              "(OpenGL camera-to-world) or pass --no-carve")
@@ -219,8 +218,7 @@ def run(cfg: NerfConfig) -> dict:
     curve = None
     if cfg.curve_views:
         ci = evenly_spaced(every.images.shape[0], cfg.curve_views)
-        curve = Curve(BlenderSplit(every.images[ci], every.c2w[ci], every.K, [every.names[i] for i in ci],
-                                   every.near, every.far), tuple(float(v) for v in cfg.curve_seconds))
+        curve = Curve(replace(every.subset(ci), alphas=None), tuple(float(v) for v in cfg.curve_seconds))
     spec, settings, stats = train_nerf(field, occ, train, spec, t, opts, settings, curve, state_path=ctx.state,
                                        resume_key=key)
     if not ctx.dist.is_main:

@@ -40,7 +40,7 @@ def evaluate(field: RadianceField, occ: OccupancyGrid, test: BlenderSplit, setti
     psnrs, ssims, seconds = [], [], 0.0
     for i in range(test.images.shape[0]):
         t0 = time.perf_counter()
-        r = render_camera(field, test.c2w[i].to(field.aabb.device), test.K, occ, field.aabb, settings)
+        r = render_camera(field, test.c2w[i].to(field.aabb.device), test.camera(i), occ, field.aabb, settings)
         seconds += time.perf_counter() - t0
         pred, gt = r["rgb"].clamp(0, 1).cpu(), test.images[i]
         psnrs.append(psnr(pred, gt))

@@ -21,7 +21,7 @@ from gridfield.metrics import psnr_from_mse
 from gridfield.presets.specs import RadianceSpec
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings, render_camera, render_rays
-from gridfield.render.rays import rays_from_pixels
+from gridfield.render.rays import Intrinsics, rays_from_pixels
 from gridfield.training import TrainConfig, TrainTask, distributed, exponential, train
 
 REFITS = (0.1, 0.2, 0.3)  # progress at which dense grids double their voxel count (3 times, from 1/8)
@@ -75,7 +75,8 @@ class NerfTask(TrainTask):
         dev = field.aabb.device
         self.n, self.h, self.w, _ = data.images.shape
         self.pixels = data.images.reshape(-1, 3).to(dev)
-        self.c2w, self.K = data.c2w.to(dev), data.K
+        cams = data.cameras()
+        self.c2w, self.K = data.c2w.to(dev), (cams if isinstance(cams, Intrinsics) else cams.to(dev))
         self.plan = refit_plan(opts.resolution) if dense_resolution(field.density_grid) else []
         self.samples = torch.zeros((), dtype=torch.int64)
         self.last_mse = torch.tensor(float("nan"))
@@ -105,7 +106,7 @@ class NerfTask(TrainTask):
         n = self.opts.batch_rays * info.world
         idx = torch.randint(self.n * self.h * self.w, (n,), generator=gen)[info.shard(n)].to(dev)
         img, pix = idx // (self.h * self.w), idx % (self.h * self.w)
-        o, d = rays_from_pixels(self.c2w[img], self.K, pix % self.w, pix // self.w)
+        o, d = rays_from_pixels(self.c2w[img], self.K, pix % self.w, pix // self.w, frames=img)
         out = render_rays(self.module, o, d, self.occ, self.module.aabb, self.settings, stratified=True)
         mse = (out["rgb"] - self.pixels[idx]).square().mean()
         self.samples += out["n_samples"].cpu()
@@ -129,7 +130,8 @@ class NerfTask(TrainTask):
         v, dev = self.curve.views, self.module.aabb.device
         values = []
         for i in range(v.images.shape[0]):
-            rgb = render_camera(self.module, v.c2w[i].to(dev), v.K, self.occ, self.module.aabb, self.settings)["rgb"]
+            rgb = render_camera(self.module, v.c2w[i].to(dev), v.camera(i), self.occ, self.module.aabb,
+                                self.settings)["rgb"]
             values.append(psnr_from_mse(max(float((rgb.cpu() - v.images[i]).square().mean()), 1e-10)))
         return sum(values) / len(values)
 
