@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from gridfield.cli import main
+from gridfield.render import paths
 from gridfield.render.paths import interpolate_poses, read_path_file, spiral_poses
-from gridfield.render.rays import orbit_poses
+from gridfield.render.rays import look_at, orbit_poses
 
 trimesh = pytest.importorskip("trimesh")
 
@@ -42,6 +43,56 @@ def test_render_orbit_gif_and_mp4(ck, tmp_path):
                  "--no-progress"]) == 0
     video = iio.imread(tmp_path / "v.mp4", plugin="FFMPEG")
     assert video.shape[0] == 4 and video.shape[1:3] == (32, 32)
+
+
+def _ring(center, radius, elevation, azimuths):
+    """Cameras at ``radius`` / ``elevation`` about ``center`` looking at it, at ``azimuths`` (degrees)."""
+    az, el = np.radians(np.asarray(azimuths, np.float64)), np.radians(elevation)
+    eye = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.full(az.shape, np.sin(el))], -1) * radius
+    c = torch.tensor(center, dtype=torch.float64)
+    return look_at(torch.from_numpy(eye) + c, c).double()
+
+
+def _looks_at(poses, center):
+    """Distance of ``center`` from each camera's optical axis ``[N]``."""
+    q = torch.tensor(center, dtype=torch.float64) - poses[:, :3, 3].double()
+    fwd = -poses[:, :3, 2].double()
+    return (q - (q * fwd).sum(-1, keepdim=True) * fwd).norm(dim=-1)
+
+
+def test_orbit_circles_the_focus_of_a_surrounding_capture():
+    center = (0.7, -0.4, 0.2)
+    train = _ring(center, 2.0, 20.0, np.arange(0, 360, 30) + 5.0)
+    orbit = paths.capture_orbit(train)
+    np.testing.assert_allclose(orbit["center"], center, atol=1e-5)
+    assert abs(orbit["radius"] - 2.0) < 1e-5 and abs(orbit["elevation"] - 20.0) < 1e-4
+    assert orbit["sweep"] == 360.0 and abs(orbit["azimuth"] - (-175.0)) < 1e-6  # from the lowest azimuth
+    path = paths.orbit_path(24, **orbit)
+    assert float(_looks_at(path, center).max()) < 1e-5
+    dist = (path[:, :3, 3].double() - torch.tensor(center, dtype=torch.float64)).norm(dim=-1)
+    torch.testing.assert_close(dist, torch.full((24,), 2.0, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_orbit_of_a_one_sided_capture_sweeps_its_arc():
+    """Cameras on a 100-degree arc (like the fox): the orbit stays on it, going there and back."""
+    center = (-1.0, 0.5, 0.0)
+    train = _ring(center, 1.5, -5.0, np.linspace(-150, -50, 20))
+    orbit = paths.capture_orbit(train)
+    assert abs(orbit["sweep"] - 100.0) < 1e-4 and abs(orbit["azimuth"] - (-150.0)) < 1e-4
+    path = paths.orbit_path(40, **orbit)
+    q = path[:, :3, 3].double() - torch.tensor(center, dtype=torch.float64)
+    az = torch.rad2deg(torch.atan2(q[:, 1], q[:, 0]))
+    assert float(az.min()) > -150.0 - 1e-4 and float(az.max()) < -50.0 + 1e-4
+    assert abs(float(az[0]) + 150.0) < 1e-4 and abs(float(az[20]) + 50.0) < 1e-4  # there at half time
+    torch.testing.assert_close(az[1:20], az[21:40].flip(0), atol=1e-4, rtol=0)  # and back the same way
+    assert float(_looks_at(path, center).max()) < 1e-5
+
+
+def test_parallel_cameras_have_no_focus():
+    poses = torch.eye(4, dtype=torch.float64).repeat(5, 1, 1)
+    poses[:, 0, 3] = torch.arange(5.0)  # a row of cameras all looking down -Z
+    assert paths.focus_point(poses.numpy()) is None
+    assert paths.capture_orbit(poses)["center"] == [0.0, 0.0, 0.0]
 
 
 def test_interpolate_passes_through_the_keys():

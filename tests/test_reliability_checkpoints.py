@@ -254,6 +254,8 @@ NERF_CASES = [
     ({"settings": lambda s: {**s, "background": [1.0]}}, r"implausible render settings \(background=\[1\.0\]\)"),
     ({"camera": lambda c: {k: v for k, v in c.items() if k != "radius"}}, r"\(its camera\) has no 'radius' entry"),
     ({"camera": lambda c: {**c, "radius": -1.0}}, r"implausible camera orbit \(radius -1\.0"),
+    ({"camera": lambda c: {**c, "center": [0.0, float("nan"), 0.0]}}, r"implausible camera orbit \(center \[0\.0, nan"),
+    ({"camera": lambda c: {**c, "sweep": 0.0}}, r"implausible camera orbit \(center .*sweep 0\.0; need"),
     ({"spec": lambda s: {**s, "resolution": 7}}, r"its weights do not match the model its spec describes \(shape of "
                                                  r"density_grid\.features"),
     ({"spec": lambda s: {**s, "resolution": 1300}}, r"would need \d+\.\d GB for the radiance field its spec describes"),

@@ -93,6 +93,12 @@ def load_checkpoint(path: str | Path, build_field, device: str | torch.device = 
     if not (math.isfinite(camera["radius"]) and camera["radius"] > 0 and math.isfinite(camera["elevation"])):
         raise InputError(f"{where}: implausible camera orbit (radius {camera['radius']!r}, elevation "
                          f"{camera['elevation']!r}); the file is damaged")
+    orbit = [camera.get("center", (0.0, 0.0, 0.0)), camera.get("azimuth", 0.0), camera.get("sweep", 360.0)]
+    if not (isinstance(orbit[0], (list, tuple)) and len(orbit[0]) == 3 and all(_finite(v) for v in orbit[0])
+            and _finite(orbit[1]) and _finite(orbit[2]) and 0 < orbit[2] <= 360):
+        raise InputError(f"{where}: implausible camera orbit (center {orbit[0]!r}, azimuth {orbit[1]!r}, sweep "
+                         f"{orbit[2]!r}; need 3 finite numbers, a finite azimuth and a sweep in (0, 360]); the "
+                         "file is damaged")
     poses = camera.get("train_c2w")  # optional: checkpoints written before it was stored have none
     if poses is not None and not (isinstance(poses, torch.Tensor) and poses.ndim == 3 and poses.shape[1:] == (4, 4)
                                   and poses.is_floating_point() and bool(torch.isfinite(poses).all())):
@@ -115,6 +121,10 @@ def load_checkpoint(path: str | Path, build_field, device: str | torch.device = 
     return field.to(device).eval(), occ.to(device), settings, camera
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _settings(stored: dict, where: str, cls):
     """``cls(**stored)`` (a RenderSettings) after checking names and values; ``InputError`` otherwise."""
     known = set(cls.__dataclass_fields__)
@@ -124,23 +134,20 @@ def _settings(stored: dict, where: str, cls):
                          f"(known: {', '.join(sorted(known))}); the file is from another gridfield version")
     s = cls(**stored)
 
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
     names = ("near", "far", "step", "weight_threshold")
-    problems = [f"{k}={getattr(s, k)!r}" for k in names if not number(getattr(s, k))]
+    problems = [f"{k}={getattr(s, k)!r}" for k in names if not _finite(getattr(s, k))]
     if not problems and not (0 <= s.near < s.far and s.step > 0 and s.weight_threshold >= 0):
         problems = [", ".join(f"{k}={getattr(s, k)!r}" for k in names)]
     bg = s.background
-    if not (isinstance(bg, (list, tuple)) and len(bg) == 3 and all(number(c) for c in bg)):
+    if not (isinstance(bg, (list, tuple)) and len(bg) == 3 and all(_finite(c) for c in bg)):
         problems.append(f"background={bg!r}")
     if s.backend not in ("auto", "fast", "reference"):
         problems.append(f"backend={s.backend!r}")
-    if s.contraction not in CONTRACTIONS or not (number(s.scene_radius) and s.scene_radius > 0):
+    if s.contraction not in CONTRACTIONS or not (_finite(s.scene_radius) and s.scene_radius > 0):
         problems.append(f"contraction={s.contraction!r}, scene_radius={s.scene_radius!r}")
     ndc = s.ndc
     if ndc is not None and not (isinstance(ndc, (list, tuple)) and len(ndc) == 5
-                                and all(number(v) and v > 0 for v in ndc)):
+                                and all(_finite(v) and v > 0 for v in ndc)):
         problems.append(f"ndc={ndc!r}")
     if problems:
         raise InputError(f"{where}: implausible render settings ({'; '.join(problems)}); need 0 <= near < far, "

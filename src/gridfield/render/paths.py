@@ -1,5 +1,11 @@
 """Camera paths for videos: an orbit, an LLFF-style spiral, an interpolation through key poses, or a file.
 
+The orbit (:func:`capture_orbit`, :func:`orbit_path`) circles the training cameras' *focus* (the point
+nearest to all their optical axes, as Instant-NGP's ``colmap2nerf`` centres a capture) at their mean
+distance and elevation about ``+Z``. When the cameras surround the focus (no azimuth gap wider than
+90 degrees) it is a full turn; a capture taken from one side (Instant-NGP's fox spans about 90 degrees)
+gets a back-and-forth sweep over the captured arc instead, so that no frame looks at a side no photo saw.
+
 All poses are OpenGL camera-to-world ``[N, 4, 4]`` float32 in the scene frame (the frame training ran
 in). Files (:func:`read_path_file`) are in the capture's original frame and are mapped with the
 inverse of ``world_from_scene``.
@@ -24,6 +30,9 @@ from torch import Tensor
 from gridfield.errors import InputError, regular_file
 from gridfield.render.rays import look_at
 
+#: a capture surrounds its focus when no azimuth gap between its cameras is wider than this (degrees)
+FULL_TURN_GAP = 90.0
+
 
 def _mean_pose(c2w: np.ndarray) -> np.ndarray:
     """The average camera ``[4, 4]``: mean position, mean viewing axes re-orthonormalised."""
@@ -36,6 +45,70 @@ def _mean_pose(c2w: np.ndarray) -> np.ndarray:
     m = np.eye(4)
     m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, np.cross(back, right), back, pos
     return m
+
+
+def focus_point(c2w: np.ndarray) -> np.ndarray | None:
+    """The point ``[3]`` nearest (least squares) to the optical axes of cameras ``[N, 4, 4]`` (OpenGL: they
+    look down ``-Z``), or None when the axes are (nearly) parallel or meet far behind or beyond the cameras
+    (more than 10 times their spread from their mean position)."""
+    c2w = np.asarray(c2w, np.float64)
+    pos, fwd = c2w[:, :3, 3], -c2w[:, :3, 2]
+    fwd = fwd / np.linalg.norm(fwd, axis=1, keepdims=True).clip(1e-12)
+    proj = np.eye(3)[None] - fwd[:, :, None] * fwd[:, None, :]  # [N, 3, 3] onto each axis's normal plane
+    a, b = proj.sum(0), np.einsum("nij,nj->i", proj, pos)
+    w = np.linalg.eigvalsh(a)
+    if w[0] < 1e-6 * max(w[-1], 1e-12):
+        return None
+    p = np.linalg.solve(a, b)
+    spread = max(float(np.linalg.norm(pos - pos.mean(0), axis=1).max()), 1e-9)
+    if np.linalg.norm(p - pos.mean(0)) > 10 * spread or ((p - pos) * fwd).sum(1).mean() <= 0:
+        return None
+    return p
+
+
+def capture_orbit(c2w: Tensor | np.ndarray) -> dict:
+    """The orbit of training cameras ``[N, 4, 4]`` (scene frame, ``+Z`` up): ``center`` (the
+    :func:`focus_point`, else the origin), mean ``radius`` and ``elevation`` (degrees) about it, and the
+    azimuth range to sweep: ``azimuth`` (start, degrees) and ``sweep`` (360 for a full turn, else the width
+    of the captured arc). JSON-ready floats."""
+    c2w = np.asarray(c2w, np.float64)
+    focus = focus_point(c2w)
+    center = np.zeros(3) if focus is None else focus
+    q = c2w[:, :3, 3] - center
+    r = np.linalg.norm(q, axis=1).clip(1e-12)
+    elevation = float(np.degrees(np.arcsin(np.clip(q[:, 2] / r, -1, 1))).mean())
+    az = np.sort(np.degrees(np.arctan2(q[:, 1], q[:, 0])))
+    gaps = np.diff(np.concatenate([az, az[:1] + 360.0]))
+    widest = int(np.argmax(gaps))
+    if gaps[widest] <= FULL_TURN_GAP:
+        start, sweep = float(az[0]), 360.0
+    else:  # the captured arc runs from the camera after the widest gap round to the one before it
+        start, sweep = float(az[(widest + 1) % len(az)]), float(360.0 - gaps[widest])
+    return {"center": [float(v) for v in center], "radius": float(r.mean()), "elevation": elevation,
+            "azimuth": start, "sweep": sweep}
+
+
+def orbit_path(n: int, radius: float, elevation: float, center=(0.0, 0.0, 0.0), azimuth: float = 0.0,
+               sweep: float = 360.0) -> Tensor:
+    """``n`` cameras ``[n, 4, 4]`` at ``radius`` and ``elevation`` (degrees) about ``center``, looking at it
+    (``+Z`` up): a full turn from ``azimuth`` when ``sweep >= 360``, else from ``azimuth`` to ``azimuth +
+    sweep`` and back (eased at the ends, so the video loops)."""
+    i = np.arange(n, dtype=np.float64)
+    if sweep >= 360.0:
+        az = np.radians(azimuth) + i * (2 * math.pi / n)
+    else:
+        az = np.radians(azimuth + 0.5 * sweep * (1 - np.cos(2 * math.pi * i / n)))
+    el = math.radians(elevation)
+    eye = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.full(n, math.sin(el))], -1) * radius
+    c = torch.tensor(center, dtype=torch.float64)
+    return look_at(torch.from_numpy(eye) + c, c)
+
+
+def stored_orbit_path(n: int, camera: dict) -> Tensor:
+    """:func:`orbit_path` of a checkpoint's ``camera`` (:func:`capture_orbit`'s keys; checkpoints written
+    before the orbit had a centre and a sweep circle the origin in a full turn)."""
+    return orbit_path(n, camera["radius"], camera["elevation"], camera.get("center", (0.0, 0.0, 0.0)),
+                      camera.get("azimuth", 0.0), camera.get("sweep", 360.0))
 
 
 def spiral_poses(c2w: Tensor, n: int, rotations: float = 2.0, focus: float | None = None) -> Tensor:

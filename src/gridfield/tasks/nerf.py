@@ -23,11 +23,10 @@ from gridfield.errors import InputError
 from gridfield.models import count_parameters
 from gridfield.render import outputs
 from gridfield.render.occupancy import OccupancyGrid
-from gridfield.render.paths import spiral_poses
+from gridfield.render.paths import capture_orbit, spiral_poses, stored_orbit_path
 from gridfield.render.pipeline import RenderSettings
-from gridfield.render.rays import orbit_poses
 from gridfield.tasks.common import apply_backend, finish_run, run_record, start_run
-from gridfield.tasks.nerf_eval import SSIM_KIND, evaluate, evenly_spaced, load_nerf, orbit_camera, render_path
+from gridfield.tasks.nerf_eval import SSIM_KIND, evaluate, evenly_spaced, load_nerf, render_path
 from gridfield.tasks.nerf_train import CURVE_SECONDS, Curve, NerfSchedule, step_size, train_nerf
 from gridfield.training import Nested, check_options, config_dict, finite, resume_key, seed_everything, train_defaults
 
@@ -225,7 +224,7 @@ def run(cfg: NerfConfig) -> dict:
         finish_run(ctx, lambda d: None)
         return stats
     field.eval()
-    camera = {"K": asdict(train.K), **orbit_camera(train.c2w), "format": scene.format,
+    camera = {"K": asdict(train.K), **capture_orbit(train.c2w), "format": scene.format,
               "world_from_scene": scene.world_from_scene.tolist()}
     metrics: dict = {}
 
@@ -235,7 +234,7 @@ def run(cfg: NerfConfig) -> dict:
                                 train.c2w)
         if cfg.turntable_frames > 0:
             poses = (spiral_poses(train.c2w, cfg.turntable_frames) if space == "ndc" else  # forward-facing
-                     orbit_poses(cfg.turntable_frames, camera["radius"], camera["elevation"]))
+                     stored_orbit_path(cfg.turntable_frames, camera))
             frames = render_path(field, occ, settings, poses, train.K.scaled(2))
             outputs.save_gif(d / "turntable.gif", [f["rgb"] for f in frames])
         metrics.update({

@@ -63,13 +63,6 @@ def error_image(pred: torch.Tensor, gt: torch.Tensor, vmax: float = 0.25) -> tor
     return torch.from_numpy(colormaps["inferno"](err)[..., :3]).float()
 
 
-def orbit_camera(c2w: torch.Tensor) -> dict:
-    """Mean distance and elevation (degrees) of cameras ``[N, 4, 4]`` (for turntable paths)."""
-    pos = c2w[:, :3, 3].double()
-    r = pos.norm(dim=-1)
-    return {"radius": float(r.mean()), "elevation": float(torch.rad2deg(torch.asin(pos[:, 2] / r)).mean())}
-
-
 def load_nerf(path: str | Path, device: str = "cpu") -> tuple[RadianceField, OccupancyGrid, RenderSettings, dict]:
     """Reload a checkpoint written by ``gridfield nerf``: ``(field, occupancy, settings, camera)`` (eval mode)."""
     return outputs.load_checkpoint(path, presets.build_spec, device)
@@ -77,6 +70,6 @@ def load_nerf(path: str | Path, device: str = "cpu") -> tuple[RadianceField, Occ
 
 def render_path(field: RadianceField, occ: OccupancyGrid, settings: RenderSettings, poses: torch.Tensor,
                 K: Intrinsics) -> list[dict]:
-    """Render cameras ``poses [N, 4, 4]`` (e.g. :func:`gridfield.render.rays.orbit_poses`) with intrinsics ``K``."""
+    """Render cameras ``poses [N, 4, 4]`` (e.g. :func:`gridfield.render.paths.orbit_path`) with intrinsics ``K``."""
     dev = field.aabb.device
     return [render_camera(field, c.to(dev), K, occ, field.aabb, settings) for c in poses]

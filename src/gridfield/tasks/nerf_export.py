@@ -1,7 +1,8 @@
 """``gridfield render`` (a camera path into a video) and ``gridfield export-mesh`` (a coloured mesh) from a
 checkpoint of ``gridfield nerf``.
 
-render: ``--path orbit`` (the training cameras' mean distance and elevation around the origin),
+render: ``--path orbit`` (around the training cameras' focus at their mean distance and elevation: a full
+turn, or a sweep over the captured arc for a one-sided capture; :func:`gridfield.render.paths.capture_orbit`),
 ``spiral`` (LLFF's path around the mean training camera), ``interpolate`` (through the training
 cameras) or a JSON file (:func:`gridfield.render.paths.read_path_file`, in the capture's frame);
 ``--frames N``; MP4 through imageio-ffmpeg, or GIF (for ``.gif``, or when ffmpeg is absent: said).
@@ -26,9 +27,9 @@ from gridfield import memory
 from gridfield.errors import InputError
 from gridfield.outdir import check_out_file, write_file_atomically
 from gridfield.render import outputs
-from gridfield.render.paths import interpolate_poses, read_path_file, spiral_poses
+from gridfield.render.paths import interpolate_poses, read_path_file, spiral_poses, stored_orbit_path
 from gridfield.render.pipeline import render_camera
-from gridfield.render.rays import Intrinsics, orbit_poses
+from gridfield.render.rays import Intrinsics
 from gridfield.render.spaces import ndc_to_world, uncontract
 from gridfield.tasks.nerf_eval import load_nerf
 from gridfield.training import check_options, finite
@@ -57,7 +58,7 @@ class RenderVideoConfig:
 def _poses(cfg: RenderVideoConfig, camera: dict) -> torch.Tensor:
     train = camera.get("train_c2w")
     if cfg.path == "orbit":
-        return orbit_poses(cfg.frames, camera["radius"], camera["elevation"])
+        return stored_orbit_path(cfg.frames, camera)
     if cfg.path in ("spiral", "interpolate"):
         if train is None:
             raise InputError(f"--path {cfg.path} needs the training cameras, which {str(cfg.checkpoint)!r} does "

@@ -214,8 +214,8 @@ class Viewer:
     def _setup_nerf(self, scene: NerfScene, resolution: int) -> None:
         gui, srv = self.server.gui, self.server
         srv.scene.set_up_direction("+z")
-        srv.initial_camera.position = tuple(orbit_position(scene.radius, scene.elevation))
-        srv.initial_camera.look_at = (0.0, 0.0, 0.0)
+        srv.initial_camera.position = tuple(np.asarray(scene.center) + orbit_position(scene.radius, scene.elevation))
+        srv.initial_camera.look_at = scene.center
         srv.initial_camera.up = (0.0, 0.0, 1.0)
         if scene.K is not None:
             srv.initial_camera.fov = vertical_fov(scene.K)

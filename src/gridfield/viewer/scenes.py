@@ -47,7 +47,8 @@ class SDFScene:
 @dataclass
 class NerfScene:
     """A radiance field with its occupancy grid, render settings, training intrinsics ``K``, orbit
-    (``radius``, ``elevation``) and training poses ``train_c2w [N, 4, 4]`` (None in older checkpoints)."""
+    (``radius``, ``elevation`` about ``center``) and training poses ``train_c2w [N, 4, 4]`` (None in older
+    checkpoints)."""
 
     field: nn.Module
     occupancy: Any
@@ -56,6 +57,7 @@ class NerfScene:
     radius: float
     elevation: float
     train_c2w: torch.Tensor | None
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     kind: str = "nerf"
 
 
@@ -94,4 +96,4 @@ def load_scene(path: str | Path, device: str | torch.device = "cpu") -> ImageSce
         raise InputError(f"checkpoint {str(path)!r}: its camera intrinsics {camera['K']!r} are not fx, fy, cx, cy, "
                          "width, height; the file is damaged") from None
     return NerfScene(field, occ, settings, K, float(camera["radius"]), float(camera["elevation"]),
-                     camera.get("train_c2w"))
+                     camera.get("train_c2w"), tuple(float(v) for v in camera.get("center", (0.0, 0.0, 0.0))))
