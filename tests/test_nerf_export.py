@@ -88,6 +88,14 @@ def test_orbit_of_a_one_sided_capture_sweeps_its_arc():
     assert float(_looks_at(path, center).max()) < 1e-5
 
 
+def test_older_checkpoints_get_the_orbit_of_their_training_cameras():
+    train = _ring((0.3, 0.2, 0.0), 1.5, 10.0, np.linspace(0, 80, 9)).float()
+    old = {"radius": 4.0, "elevation": 30.0, "train_c2w": train}  # a camera record without the orbit keys
+    want = paths.orbit_path(6, **paths.capture_orbit(train))
+    torch.testing.assert_close(paths.stored_orbit_path(6, old), want)
+    torch.testing.assert_close(paths.stored_orbit_path(6, {"radius": 4.0, "elevation": 30.0}), orbit_poses(6))
+
+
 def test_parallel_cameras_have_no_focus():
     poses = torch.eye(4, dtype=torch.float64).repeat(5, 1, 1)
     poses[:, 0, 3] = torch.arange(5.0)  # a row of cameras all looking down -Z

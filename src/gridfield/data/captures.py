@@ -391,7 +391,8 @@ def _read_llff(root: Path, downscale: int):
     c2w[:, :3, 3] = mats[:, :, 3]
     for i in range(c2w.shape[0]):
         check_pose(c2w[i], f"{path} row {i} ({files[i].name})")
-    Ks = [Intrinsics(float(f) * iw / float(w), float(f) * iw / float(w), iw / 2, ih / 2, iw, ih) for _, w, f in hwf]
+    focals = hwf[:, 2] * iw / hwf[:, 1]  # LLFF's focal is for its full-size width w
+    Ks = [Intrinsics(float(f), float(f), iw / 2, ih / 2, iw, ih) for f in focals]
     info = SceneInfo("llff", extra={"near_bound": float(bounds.min()), "far_bound": float(bounds.max())})
     return images, None, c2w, Ks, [p.name for p in files], info
 
@@ -443,8 +444,8 @@ def _read_colmap(root: Path, downscale: int):
     imgs = sorted((im for im in rec.images.values() if getattr(im, "has_pose", True)), key=lambda im: im.name)
     if not imgs:
         raise InputError(f"{model}: the model has no registered images")
-    cams = {cid: _colmap_camera(rec.cameras[cid], f"{where} camera {cid}") for cid in sorted({im.camera_id
-                                                                                              for im in imgs})}
+    used = sorted({im.camera_id for im in imgs})
+    cams = {cid: _colmap_camera(rec.cameras[cid], f"{where} camera {cid}") for cid in used}
     folder, rest = _image_folder(root, downscale)
     paths = [folder / im.name for im in imgs]
     for p, im in zip(paths, imgs):

@@ -105,8 +105,11 @@ def orbit_path(n: int, radius: float, elevation: float, center=(0.0, 0.0, 0.0), 
 
 
 def stored_orbit_path(n: int, camera: dict) -> Tensor:
-    """:func:`orbit_path` of a checkpoint's ``camera`` (:func:`capture_orbit`'s keys; checkpoints written
-    before the orbit had a centre and a sweep circle the origin in a full turn)."""
+    """:func:`orbit_path` of a checkpoint's ``camera`` (:func:`capture_orbit`'s keys). Checkpoints written
+    before the orbit had a centre get it from their training cameras (``train_c2w``), or, without those,
+    circle the origin in a full turn."""
+    if "center" not in camera and camera.get("train_c2w") is not None:
+        camera = {**camera, **capture_orbit(camera["train_c2w"])}
     return orbit_path(n, camera["radius"], camera["elevation"], camera.get("center", (0.0, 0.0, 0.0)),
                       camera.get("azimuth", 0.0), camera.get("sweep", 360.0))
 
