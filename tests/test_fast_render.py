@@ -13,7 +13,7 @@ import torch
 
 from conftest import fast_path_missing
 from gridfield.fast import FastPathUnavailable
-from gridfield.render.marching import march_rays
+from gridfield.render.marching import march_rays, ray_bounds
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings, render_rays, render_rays_eval
 from gridfield.render.spaces import warp_distance
@@ -76,6 +76,37 @@ def test_march_bounds_and_max_steps(fast_mod):
     for a, b in zip(ref, fast):
         assert torch.equal(a, b)
     assert (torch.bincount(fast[0], minlength=200) <= 40).all()
+
+
+@pytest.mark.parametrize("contraction", ["none", "l2"])
+def test_march_max_samples_keeps_each_rays_first_samples(fast_mod, contraction):
+    """max_samples: the first k samples of each ray of the unlimited march, and the steps considered up to the
+    k-th (all of the ray's steps when it has fewer), on both backends."""
+    o, d = _rays(300, seed=2)
+    aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    occ = _occ(24, 0.5)
+    if contraction != "none":
+        occ = OccupancyGrid(torch.tensor([-2.0] * 3 + [2.0] * 3), resolution=24)
+        occ.binary.copy_(torch.rand(24, 24, 24, generator=torch.Generator().manual_seed(5)) < 0.5)
+    kw = dict(contraction=contraction, radius=1.0)
+    far = 6.0 if contraction == "none" else 50.0
+    full = march_rays(o, d, 2.0, far, 0.02, aabb, occ, backend="reference", **kw)
+    t_lo, t_hi = ray_bounds(o, d, 2.0, far, aabb, contraction, 1.0)
+    for k in (1, 3):
+        ref, fast = _march_both(o, d, 2.0, far, 0.02, aabb, occ, max_samples=k, **kw)
+        assert len(ref) == 4
+        for a, b in zip(ref, fast):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        ri, t0, _, steps = ref
+        for r in range(300):
+            mine, want = t0[ri == r], full[1][full[0] == r][:k]
+            torch.testing.assert_close(mine, want, rtol=0, atol=0)
+            n_inside = int(torch.ceil((t_hi[r] - t_lo[r]) / 0.02 - 0.5).clamp_min(0))  # steps with mid < t_hi
+            if mine.numel() < k:
+                assert int(steps[r]) in (n_inside, n_inside + 1)  # rounding of the last midpoint
+            else:  # up to and including the step of the k-th sample
+                u_k = mine[-1] if contraction == "none" else warp_distance(mine[-1:], 1.0)[0]
+                assert int(steps[r]) == int(torch.round((u_k - t_lo[r]) / 0.02)) + 1
 
 
 @pytest.mark.parametrize("kind", ["l2", "linf"])
@@ -234,7 +265,7 @@ def test_eval_render_same_image(fast_mod):
     out = {}
     for b in ("reference", "fast"):
         field.backend = b
-        out[b] = render_rays_eval(field, o, d, occ, aabb, RenderSettings(step=0.02, backend=b), chunk_steps=16)
+        out[b] = render_rays_eval(field, o, d, occ, aabb, RenderSettings(step=0.02, backend=b))
     assert int(out["fast"]["n_samples"]) == int(out["reference"]["n_samples"])
     for k in ("rgb", "opacity", "depth"):
         torch.testing.assert_close(out["fast"][k], out["reference"][k], rtol=1e-5, atol=1e-5)

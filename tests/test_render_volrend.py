@@ -179,13 +179,13 @@ def test_render_pipeline_closed_form_and_early_termination():
     expect = 1 - torch.exp(torch.tensor(-0.7 * 2.0))  # chord of length 2 in both hitting rays
     torch.testing.assert_close(out["opacity"], torch.stack([expect, expect, torch.tensor(0.0)]))
     torch.testing.assert_close(out["rgb"][2], torch.ones(3))  # a miss shows the background
-    # chunked evaluation (3 steps at a time) without termination equals the one-pass render
-    ev = render_rays_eval(_Fog(0.7), o, d, None, aabb, s, chunk_steps=3, t_min=0.0)
+    # evaluation in rounds (1, 2, 4 samples...) without termination equals the one-pass render
+    ev = render_rays_eval(_Fog(0.7), o, d, None, aabb, s, round_samples=1, t_min=0.0)
     for k in ("rgb", "opacity"):
         torch.testing.assert_close(ev[k], out[k])
     torch.testing.assert_close(ev["depth"][:2], out["depth"][:2])
-    # dense fog: early termination stops after the first chunk, colours within the cut-off
-    thick = render_rays_eval(_Fog(40.0), o, d, None, aabb, s, chunk_steps=2, t_min=1e-3)
+    # dense fog: early termination stops after the first samples, colours within the cut-off
+    thick = render_rays_eval(_Fog(40.0), o, d, None, aabb, s, round_samples=2, t_min=1e-3)
     full = render_rays(_Fog(40.0), o, d, None, aabb, s, stratified=False)
     assert thick["n_samples"] < full["n_samples"]
     torch.testing.assert_close(thick["rgb"], full["rgb"], atol=2e-3, rtol=0)

@@ -41,17 +41,21 @@ CONTRACTION_CODES = {"none": 0, "l2": 1, "linf": 2}
 
 
 def march(mod, origins: Tensor, dirs: Tensor, t_start: Tensor, t_stop: Tensor, offset: Tensor, n_steps: int,
-          step: float, occupancy, contraction: str = "none", radius: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-    """Packed ``(ray_indices, t_starts, t_ends)``: see :func:`gridfield.render.marching.march_rays`.
-    ``offset [N]`` is added to ``t_start`` first (the stratified offsets, zeros otherwise). With a
-    ``contraction``, ``t_start``, ``t_stop`` and ``step`` are warped distances and the intervals world ones."""
+          step: float, occupancy, contraction: str = "none", radius: float = 1.0,
+          max_samples: int | None = None) -> tuple[Tensor, ...]:
+    """Packed ``(ray_indices, t_starts, t_ends)``, and with ``max_samples`` also the steps each ray considered
+    (int64 ``[N]``): see :func:`gridfield.render.marching.march_rays`. ``offset [N]`` is added to ``t_start``
+    first (the stratified offsets, zeros otherwise). With a ``contraction``, ``t_start``, ``t_stop`` and ``step``
+    are warped distances and the intervals world ones."""
     if occupancy is None:
         binary, aabb, res = torch.empty(0, dtype=torch.bool), torch.zeros(6), 0
     else:
         binary, aabb, res = occupancy.binary.reshape(-1), occupancy.aabb, occupancy.resolution
     f = lambda t: t.detach().contiguous().float()
-    return tuple(mod.march(f(origins), f(dirs), f(t_start), f(t_stop), f(offset), int(n_steps), float(step),
-                           binary.contiguous(), aabb, int(res), CONTRACTION_CODES[contraction], float(radius)))
+    out = mod.march(f(origins), f(dirs), f(t_start), f(t_stop), f(offset), int(n_steps), float(step),
+                    binary.contiguous(), aabb, int(res), CONTRACTION_CODES[contraction], float(radius),
+                    int(max_samples or 0))
+    return tuple(out if max_samples else out[:3])
 
 
 class _Weights(torch.autograd.Function):

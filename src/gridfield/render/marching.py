@@ -3,8 +3,8 @@ occupancy grid, samples of each ray contiguous and front to back.
 
 Candidates are laid out as a padded ``[R, S]`` block (``S`` = steps of the longest ray inside the
 box), tested against the occupancy grid and compacted with ``nonzero``: plain tensor work, no loop
-over rays or samples, so it runs the same on CPU and CUDA. For long rays use ``max_steps`` chunks
-(``t_offset``), as :func:`gridfield.render.pipeline.render_rays_eval` does for early termination.
+over rays or samples, so it runs the same on CPU and CUDA. ``max_samples`` marches each ray only to its next
+few occupied samples, as :func:`gridfield.render.pipeline.render_rays_eval` does for early termination.
 
 Unbounded scenes (``contraction="l2"`` or ``"linf"``, :mod:`gridfield.render.spaces`): steps are uniform
 in the warped distance ``u`` instead of ``t`` (no box: the whole ray from ``near`` to ``far``), the
@@ -41,7 +41,7 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
                occupancy: OccupancyGrid | None = None, stratified: bool = False,
                t_start: Tensor | None = None, t_stop: Tensor | None = None,
                max_steps: int | None = None, backend: str = "auto", contraction: str = "none",
-               radius: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+               radius: float = 1.0, max_samples: int | None = None) -> tuple[Tensor, ...]:
     """Packed samples along rays ``origins, dirs [N, 3]`` (unit directions).
 
     Samples are intervals ``[t, t + step)`` starting at ``t_start + k * step`` (plus one shared
@@ -55,8 +55,12 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
     the box the same samples bit for bit, contracted the same up to points within a rounding of a cell face)
     on CPU float32, the plain-PyTorch reference otherwise; ``"fast"`` / ``"reference"`` force one.
 
-    Returns ``ray_indices [M]`` (long, non-decreasing), ``t_starts [M]``, ``t_ends [M]``.
-    Not differentiable (the bounds are not learned).
+    ``max_samples``: a ray stops after that many kept samples, and a fourth output says how many steps each
+    ray considered (long ``[N]``: the next round of :func:`gridfield.render.pipeline.render_rays_eval`
+    starts that many steps further on), so that evaluation can end rays sample by sample.
+
+    Returns ``ray_indices [M]`` (long, non-decreasing), ``t_starts [M]``, ``t_ends [M]`` (and, with
+    ``max_samples``, ``steps [N]``). Not differentiable (the bounds are not learned).
     """
     if step <= 0:
         raise ValueError(f"march step must be > 0, got {step}")
@@ -64,10 +68,13 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
         b0, b1 = ray_bounds(origins, dirs, near, far, aabb, contraction, radius)
         t_start = b0 if t_start is None else t_start
         t_stop = b1 if t_stop is None else t_stop
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
     empty = torch.empty(0, device=origins.device)
     live = t_stop > t_start
     if not bool(live.any()):
-        return empty.long(), empty, empty
+        none = (empty.long(), empty, empty)
+        return none + (torch.zeros_like(t_start, dtype=torch.long),) if max_samples else none
     n_steps = int(torch.ceil(((t_stop - t_start)[live]).max() / step).item())
     if max_steps is not None:
         n_steps = min(n_steps, max_steps)
@@ -77,36 +84,37 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
         offset = torch.zeros_like(t_start)
         if stratified:  # the reference's random numbers: one per live ray
             offset[rays] = torch.rand(rays.shape[0], device=origins.device) * step
-        return fast.march(mod, origins, dirs, t_start, t_stop, offset, n_steps, step, occupancy, contraction, radius)
+        return fast.march(mod, origins, dirs, t_start, t_stop, offset, n_steps, step, occupancy, contraction, radius,
+                          max_samples)
+    offset = torch.rand(rays.shape[0], 1, device=origins.device) * step if stratified else 0.0
+    u0 = t_start[rays, None] + offset + torch.arange(n_steps, device=origins.device, dtype=origins.dtype) * step
+    inside = u0 + 0.5 * step < t_stop[rays, None]  # [R, S]; false from a ray's first step past t_stop on
     if contraction != "none":
-        return _march_warped(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays,
-                             contraction, radius)
-    return _march_reference(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays)
-
-
-def _march_reference(origins, dirs, step, occupancy, stratified, t_start, t_stop, n_steps, rays):
-    k = torch.arange(n_steps, device=origins.device, dtype=origins.dtype)
-    offset = torch.rand(rays.shape[0], 1, device=origins.device) * step if stratified else 0.0
-    t0 = t_start[rays, None] + offset + k * step  # [R, S]
-    mid = t0 + 0.5 * step
-    keep = mid < t_stop[rays, None]
+        t0, t1 = unwarp_distance(u0, radius), unwarp_distance(u0 + step, radius)
+    else:
+        t0, t1 = u0, u0 + step
+    keep = inside.clone()
     if occupancy is not None:
+        mid = u0 + 0.5 * step if contraction == "none" else 0.5 * (t0 + t1)
         pts = origins[rays, None] + dirs[rays, None] * mid[..., None]
-        keep &= occupancy.query(pts.reshape(-1, 3)).reshape(keep.shape)
+        pts = pts.reshape(-1, 3)
+        keep &= occupancy.query(pts if contraction == "none" else contract(pts, contraction, radius)).reshape(
+            keep.shape)
+    if max_samples:
+        keep, considered = _first_samples(keep, inside, max_samples)
     sel = torch.nonzero(keep)
-    t_starts = t0[sel[:, 0], sel[:, 1]]
-    return rays[sel[:, 0]], t_starts, t_starts + step
+    out = rays[sel[:, 0]], t0[sel[:, 0], sel[:, 1]], t1[sel[:, 0], sel[:, 1]]
+    if not max_samples:
+        return out
+    steps = torch.zeros_like(t_start, dtype=torch.long)
+    steps[rays] = considered
+    return out + (steps,)
 
 
-def _march_warped(origins, dirs, step, occupancy, stratified, u_start, u_stop, n_steps, rays, kind, radius):
-    """:func:`_march_reference` in warped distances: occupancy at contracted midpoints, world intervals out."""
-    k = torch.arange(n_steps, device=origins.device, dtype=origins.dtype)
-    offset = torch.rand(rays.shape[0], 1, device=origins.device) * step if stratified else 0.0
-    u0 = u_start[rays, None] + offset + k * step  # [R, S]
-    keep = u0 + 0.5 * step < u_stop[rays, None]
-    t0, t1 = unwarp_distance(u0, radius), unwarp_distance(u0 + step, radius)
-    if occupancy is not None:
-        pts = origins[rays, None] + dirs[rays, None] * (0.5 * (t0 + t1))[..., None]
-        keep &= occupancy.query(contract(pts.reshape(-1, 3), kind, radius)).reshape(keep.shape)
-    sel = torch.nonzero(keep)
-    return rays[sel[:, 0]], t0[sel[:, 0], sel[:, 1]], t1[sel[:, 0], sel[:, 1]]
+def _first_samples(keep: Tensor, inside: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` kept samples of each row of ``keep [R, S]``, and how many steps each row considered:
+    up to and including its ``n``-th kept sample, else all its ``inside`` steps."""
+    count = keep.cumsum(1)
+    full = count[:, -1] >= n
+    nth = (count >= n).to(torch.uint8).argmax(1)  # first step holding the n-th kept sample
+    return keep & (count <= n), torch.where(full, nth + 1, inside.sum(1))

@@ -3,8 +3,8 @@ matter, accumulate. The renderer takes the field through two methods (``density_
 ``color(x, d, geo)``), never its internals.
 
 :func:`render_rays` is the training path (all samples of a batch in one packed pass, differentiable).
-:func:`render_rays_eval` is the evaluation path: it marches ``chunk_steps`` steps at a time and drops
-rays whose transmittance fell below ``t_min`` (early termination), without gradients.
+:func:`render_rays_eval` is the evaluation path: it marches a few occupied samples per ray at a time and
+drops rays whose transmittance fell below ``t_min`` (early termination), without gradients.
 
 Outputs per ray: ``rgb [N, 3]`` (composited on the field's learned background when it has one, else on
 ``background``), ``opacity [N]``, ``depth [N]`` (expected distance of the weights, normalised by
@@ -112,9 +112,12 @@ def render_rays(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyGrid |
 
 @torch.no_grad()
 def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyGrid | None, aabb: Tensor,
-                     settings: RenderSettings, chunk_steps: int = 64, t_min: float = 1e-4) -> dict[str, Tensor]:
-    """Render rays without gradients, ``chunk_steps`` marching steps at a time, dropping rays whose
-    transmittance is below ``t_min`` (early termination). Same outputs as :func:`render_rays`."""
+                     settings: RenderSettings, round_samples: int = 4, max_round_samples: int = 64,
+                     t_min: float = 1e-4) -> dict[str, Tensor]:
+    """Render rays without gradients, in rounds: each round marches every live ray up to its next
+    ``round_samples`` occupied samples (doubling each round, at most ``max_round_samples``), shades them and
+    drops rays whose transmittance fell below ``t_min`` (early termination, as Instant-NGP's renderer does),
+    so that few samples behind a surface are evaluated. Same outputs as :func:`render_rays`."""
     n, dev = origins.shape[0], origins.device
     views = dirs
     origins, dirs = _space_rays(origins, dirs, settings)
@@ -123,13 +126,13 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
     rgb = torch.zeros(n, 3, device=dev)
     opacity, depth, trans = (torch.zeros(n, device=dev) for _ in range(3))
     trans += 1.0
-    active = torch.nonzero(t_hi > t_lo)[:, 0]
-    total = 0
+    half = 0.5 * settings.step
+    active = torch.nonzero(t_lo + half < t_hi)[:, 0]
+    total, k = 0, round_samples
     while active.numel() > 0:
         o, d = origins[active], dirs[active]
-        t_end = torch.minimum(t_lo[active] + chunk_steps * settings.step, t_hi[active])
-        ray_idx, t0, t1 = _march(o, d, aabb, occupancy, settings, t_start=t_lo[active], t_stop=t_end,
-                                 max_steps=chunk_steps)
+        ray_idx, t0, t1, steps = _march(o, d, aabb, occupancy, settings, t_start=t_lo[active], t_stop=t_hi[active],
+                                        max_samples=k)
         total += ray_idx.numel()
         if ray_idx.numel() > 0:
             rs, op, ds, _ = _shade(field, o, d, views[active], ray_idx, t0, t1, active.numel(), settings,
@@ -138,8 +141,9 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
             opacity[active] += op
             depth[active] += ds
             trans[active] = (1 - opacity[active]).clamp_min(0)
-        t_lo[active] = t_lo[active] + chunk_steps * settings.step
-        active = active[(t_lo[active] < t_hi[active]) & (trans[active] > t_min)]
+        t_lo[active] += steps.to(t_lo.dtype) * settings.step
+        active = active[(steps > 0) & (t_lo[active] + half < t_hi[active]) & (trans[active] > t_min)]
+        k = min(2 * k, max(max_round_samples, round_samples))
     bg = _background(field, views, settings)
     return {"rgb": rgb + (1 - opacity)[:, None] * bg, "opacity": opacity,
             "depth": depth / opacity.clamp_min(1e-6), "n_samples": torch.tensor(total)}

@@ -6,7 +6,8 @@
 //   same order, no FMA: the build has no -march flag, so the compiler cannot contract a*b+c):
 //   t0_k = (t_start + offset) + k * step, mid = t0_k + step / 2, kept while mid < t_stop and k < n_steps
 //   and the point o + d * mid lies in an occupied cell (u = (x - lo) / (hi - lo) in [0, 1]^3,
-//   cell = clamp(int(u * R), 0, R - 1)). mid grows with k, so a ray stops at its first mid >= t_stop.
+//   cell = clamp(int(u * R), 0, R - 1)). mid grows with k, so a ray stops at its first mid >= t_stop, or
+//   (max_samples > 0) after its max_samples-th kept sample; it reports how many steps it considered.
 //   Two passes over the rays (count, then write), samples of a ray contiguous and front to back.
 //   Contracted (unbounded) scenes: the same in warped distances u (u0_k, u0_k + step unwarped to world t0, t1,
 //   the grid tested at contract((t0 + t1) / 2)); the Euclidean norm sums in double, so a point within a
@@ -28,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -101,10 +103,10 @@ inline bool occupied_contracted(const Occ& g, const Warp& w, const float* o, con
 
 template <bool WRITE>
 inline int64_t march_one_warped(const Occ& g, const Warp& w, const float* o, const float* d, float start, float stop,
-                                float step, float half, int64_t n_steps, int64_t ray, int64_t* ri, float* ts,
-                                float* te) {
-  int64_t n = 0;
-  for (int64_t k = 0; k < n_steps; ++k) {
+                                float step, float half, int64_t n_steps, int64_t max_samples, int64_t ray,
+                                int64_t* ri, float* ts, float* te, int64_t* steps) {
+  int64_t n = 0, k = 0;
+  for (; k < n_steps && n < max_samples; ++k) {
     const float u0 = start + static_cast<float>(k) * step;
     if (!(u0 + half < stop)) break;
     const float t0 = unwarp(w, u0), t1 = unwarp(w, u0 + step);
@@ -117,14 +119,16 @@ inline int64_t march_one_warped(const Occ& g, const Warp& w, const float* o, con
       ++n;
     }
   }
+  *steps = k;
   return n;
 }
 
 template <bool WRITE>
 inline int64_t march_one(const Occ& g, const float* o, const float* d, float start, float stop, float step,
-                         float half, int64_t n_steps, int64_t ray, int64_t* ri, float* ts, float* te) {
-  int64_t n = 0;
-  for (int64_t k = 0; k < n_steps; ++k) {
+                         float half, int64_t n_steps, int64_t max_samples, int64_t ray, int64_t* ri, float* ts,
+                         float* te, int64_t* steps) {
+  int64_t n = 0, k = 0;
+  for (; k < n_steps && n < max_samples; ++k) {
     const float t0 = start + static_cast<float>(k) * step;
     const float mid = t0 + half;
     if (!(mid < stop)) break;
@@ -137,6 +141,7 @@ inline int64_t march_one(const Occ& g, const float* o, const float* d, float sta
       ++n;
     }
   }
+  *steps = k;
   return n;
 }
 
@@ -146,10 +151,12 @@ inline int64_t march_one(const Occ& g, const float* o, const float* d, float sta
 // binary: bool [R^3] (x slowest) or an empty tensor for no occupancy grid; occ_aabb [6] float32.
 // contraction 0: steps in t inside the box; 1 (l2), 2 (linf): t_start, t_stop and step are warped distances,
 // the grid lives in contracted space, and the intervals come back in world distances (scene radius `radius`).
+// max_samples > 0: a ray stops after that many kept samples (early termination in rounds). The fourth output,
+// int64 [N], is the number of steps each ray considered (its next round starts that many steps further).
 std::vector<torch::Tensor> march(torch::Tensor origins, torch::Tensor dirs, torch::Tensor t_start,
                                  torch::Tensor t_stop, torch::Tensor offset, int64_t n_steps, double step,
                                  torch::Tensor binary, torch::Tensor occ_aabb, int64_t occ_res, int64_t contraction,
-                                 double radius) {
+                                 double radius, int64_t max_samples) {
   check_cpu_float(origins, "origins");
   check_cpu_float(dirs, "dirs");
   check_cpu_float(t_start, "t_start");
@@ -186,12 +193,16 @@ std::vector<torch::Tensor> march(torch::Tensor origins, torch::Tensor dirs, torc
   const float* p0 = t_start.data_ptr<float>();
   const float* p1 = t_stop.data_ptr<float>();
   const float* pf = offset.data_ptr<float>();
+  const int64_t cap = max_samples > 0 ? max_samples : std::numeric_limits<int64_t>::max();
+  auto steps = torch::empty({N}, origins.options().dtype(torch::kInt64));
+  int64_t* psteps = steps.data_ptr<int64_t>();
   auto one = [&](auto write, int64_t r, int64_t* ri, float* ts, float* te) -> int64_t {
     constexpr bool W = decltype(write)::value;
     if (contraction == 0)
-      return march_one<W>(g, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, r, ri, ts, te);
-    return march_one_warped<W>(g, w, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, r, ri, ts,
-                               te);
+      return march_one<W>(g, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, cap, r, ri, ts, te,
+                          psteps + r);
+    return march_one_warped<W>(g, w, po + 3 * r, pd + 3 * r, p0[r] + pf[r], p1[r], fstep, half, n_steps, cap, r, ri,
+                               ts, te, psteps + r);
   };
   std::vector<int64_t> count(N + 1, 0);
   at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
@@ -213,7 +224,7 @@ std::vector<torch::Tensor> march(torch::Tensor origins, torch::Tensor dirs, torc
       one(std::true_type{}, r, pri + s, pts + s, pte + s);
     }
   });
-  return {ray_idx, ts, te};
+  return {ray_idx, ts, te, steps};
 }
 
 namespace {
@@ -392,7 +403,7 @@ std::vector<torch::Tensor> mlp_backward(torch::Tensor grad, torch::Tensor x, std
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("march", &march, "packed samples (ray_indices, t_starts, t_ends)");
+  m.def("march", &march, "packed samples (ray_indices, t_starts, t_ends) and steps considered per ray");
   m.def("weights_forward", &weights_forward, "(w, T, alpha) per sample");
   m.def("weights_backward", &weights_backward, "grad sigmas");
   m.def("mlp_forward", &mlp_forward, "activations of every layer (ReLU applied to hidden ones)");
