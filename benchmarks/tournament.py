@@ -275,10 +275,21 @@ def plot(cells: list[dict], task: str, path: Path) -> None:
     plt.close(fig)
 
 
-def summary(results: dict) -> str:
-    """Model x task: each task's main metric at equal steps / equal time (means over the items run)."""
+NERF_COLUMN = "nerf psnr (time)"
+
+
+def nerf_results() -> dict | None:
+    """The NeRF part's results (``benchmarks/nerf_lego.py``'s JSON under this benchmark's name), if run."""
+    path = RESULTS.with_name(f"{NAME}_nerf.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary(results: dict, nerf: dict | None = None) -> str:
+    """Model x task: each task's main metric at equal steps / equal time (means over the items run), and
+    with ``nerf`` (:func:`nerf_results`) each model's lego PSNR on all its test views at equal time."""
     tasks = [t for t in ("image", "sdf") if any(c["task"] == t for c in results["cells"].values())]
-    models = list(dict.fromkeys(c["model"] for c in results["cells"].values()))
+    nerf_rows = {r["model"]: r for r in (nerf or {}).get("results", [])}
+    models = list(dict.fromkeys([c["model"] for c in results["cells"].values()] + list(nerf_rows)))
     rows = []
     for m in models:
         row = {"model": m}
@@ -289,9 +300,12 @@ def summary(results: dict) -> str:
                         if c["task"] == t and c["model"] == m and c["mode"] == mode and c.get(key) is not None]
                 n = len(vals)
                 row[f"{t} {key} ({mode})"] = f"{sum(vals) / n:.4g} (n={n})" if n else ""
+        if m in nerf_rows:
+            r = nerf_rows[m]
+            row[NERF_COLUMN] = f"{r['psnr']:.4g} ({r['n_test_views']} views)"
         rows.append(row)
     cols = ["model"] + [f"{t} {METRICS[t][0]} ({mode})" for t in tasks for mode in MODES]
-    return markdown_table(rows, cols)
+    return markdown_table(rows, cols + ([NERF_COLUMN] if nerf_rows else []))
 
 
 def to_markdown(results: dict, args) -> str:
@@ -317,8 +331,12 @@ def to_markdown(results: dict, args) -> str:
                   f"({METRICS[task][0]}):", "", markdown_table(*per_item(mine, task)), "",
                   f"![{task}](figures/{NAME}_{task}.png)"]
         plot(mine, task, FIGURES / f"{NAME}_{task}.png")
-    if (ROOT / "benchmarks" / "results" / f"{NAME}_nerf.json").exists():
-        parts += ["", "NeRF: see the `tournament_nerf` section (equal training time, lego, all 200 test views)."]
+    nerf = nerf_results()
+    if nerf is not None:
+        secs = nerf["settings"].get("time_budget")
+        parts += ["", f"NeRF (lego, {secs:g} s of training per model, equal time only; curves, speeds and settings in "
+                  "the `tournament_nerf` section):", "",
+                  markdown_table(nerf["results"], ["model", "psnr", "ssim", "steps", "params", "n_test_views"])]
     else:
         parts += ["", "NeRF: not run yet (`--tasks nerf`); until then the 5-minute point of the lego "
                   "time-to-PSNR curve in the `nerf_lego` section (10 fixed test views) is the equal-time comparison."]
@@ -349,7 +367,7 @@ def main(argv=None) -> int:
         print("no cells recorded yet; nothing to report")
         return 0
     write_results(NAME, results, to_markdown(results, args))
-    write_readme_summary(summary(results))
+    write_readme_summary(summary(results, nerf_results()))
     print(DOC.relative_to(ROOT), "updated")
     return 0
 

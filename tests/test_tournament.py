@@ -86,3 +86,12 @@ def test_table_means_per_model_and_mode():
     assert cols[:2] == ["model", "params"] and "time: steps" in cols
     text = tournament.summary({"cells": {str(i): c for i, c in enumerate(cells)}})
     assert "31 (n=2)" in text and "29 (n=1)" in text
+    assert "nerf" not in text
+    nerf = {"settings": {"time_budget": 300.0},
+            "results": [{"model": "hash", "psnr": 31.234, "n_test_views": 200},
+                        {"model": "planes", "psnr": 30.5, "n_test_views": 200}]}
+    lines = tournament.summary({"cells": {str(i): c for i, c in enumerate(cells)}}, nerf).splitlines()
+    assert "nerf psnr (time)" in lines[0]
+    hash_row = next(line for line in lines if line.startswith("| hash"))
+    assert hash_row.endswith("| 31.23 (200 views) |")
+    assert any(line.startswith("| planes") and "30.5 (200 views)" in line for line in lines)  # NeRF-only model
