@@ -311,9 +311,21 @@ def test_chunked_mlp_matches_the_head(kernel, threads, monkeypatch):
     try:
         out = chunked_mlp(head, feat, view, chunk=300)
         g_out = torch.autograd.grad((out * cot).sum(), params)
+        with torch.no_grad():  # inference: the output alone, hidden activations per chunk
+            inference = chunked_mlp(head, feat, view, chunk=300)
+            density = MLPDecoder(21, 16, width=64, hidden_layers=1)  # the density head: no extra columns
+            d_ref = density(torch.cat([feat, view], -1))
+            d_out = chunked_mlp(density, torch.cat([feat, view], -1), view[:, :0], chunk=300)
+        density12 = MLPDecoder(12, 16, width=64, hidden_layers=1)  # a grad-requiring input, no extra columns
+        dg_out = torch.autograd.grad(chunked_mlp(density12, feat, view[:, :0], chunk=300).square().sum(), feat)[0]
     finally:
         torch.set_num_threads(request_restore)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert inference.grad_fn is None
+    torch.testing.assert_close(inference, ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d_out, d_ref, rtol=1e-5, atol=1e-6)
+    dg_ref = torch.autograd.grad(density12(feat).square().sum(), feat)[0]
+    torch.testing.assert_close(dg_out, dg_ref, rtol=1e-5, atol=1e-5 * float(dg_ref.abs().max()))
     for a, b in zip(g_out, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 

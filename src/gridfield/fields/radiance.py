@@ -202,7 +202,32 @@ def chunked_mlp(head: MLPDecoder, feat: Tensor, extra: Tensor, chunk: int | None
     (``"auto"``), forced (``"fast"``), or the plain-PyTorch chunk loop (``"reference"``)."""
     chunk = chunk or MLP_CHUNK
     params = [t for layer in head if isinstance(layer, nn.Linear) for t in (layer.weight, layer.bias)]
+    if not torch.is_grad_enabled() or not (feat.requires_grad or any(p.requires_grad for p in params)):
+        return _mlp_inference(feat, extra, chunk, backend, params)
     return _ChunkedMLP.apply(feat, extra, chunk, backend, *params)
+
+
+def _mlp_input(feat: Tensor, extra: Tensor) -> Tensor:
+    """``cat([feat, extra], -1)`` (no copy when ``extra`` has no columns, as for the density head)."""
+    return feat.contiguous() if extra.shape[1] == 0 else torch.cat([feat, extra], -1)
+
+
+def _mlp_inference(feat: Tensor, extra: Tensor, chunk: int, backend: str, params: list[Tensor]) -> Tensor:
+    """:func:`chunked_mlp` without a graph (evaluation): the output alone; no layer's activations for all rows
+    are kept (the C++ loop keeps each chunk's in per-thread scratch)."""
+    x = _mlp_input(feat, extra).detach()
+    ws, bs = [w.detach() for w in params[0::2]], [b.detach() for b in params[1::2]]
+    mod = fast_render.module(backend, x)
+    if mod is not None:
+        return mod.mlp_forward(x, ws, bs, chunk, False)[0]
+    out = x.new_empty(x.shape[0], ws[-1].shape[0])
+    for s in range(0, x.shape[0], chunk):
+        h = x[s : s + chunk]
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            h = torch.addmm(b, h, w.t(), out=out[s : s + chunk] if i == len(ws) - 1 else None)
+            if i < len(ws) - 1:
+                h.clamp_min_(0)
+    return out
 
 
 class _ChunkedMLP(torch.autograd.Function):
@@ -211,13 +236,13 @@ class _ChunkedMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feat, extra, chunk, backend, *params):
-        x = torch.cat([feat, extra], -1)
+        x = _mlp_input(feat, extra).detach()  # may be feat itself: the kernels' GEMMs write into their outputs
         ws, bs = params[0::2], params[1::2]
         m = x.shape[0]
         ctx.mod = mod = fast_render.module(backend, x)
         ctx.chunk, ctx.n_feat, ctx.n_layers = chunk, feat.shape[1], len(ws)
         if mod is not None:
-            acts = mod.mlp_forward(x, list(ws), list(bs), chunk)
+            acts = mod.mlp_forward(x, list(ws), list(bs), chunk, True)
             ctx.save_for_backward(x, *ws, *acts[:-1])
             return acts[-1]
         acts = [x.new_empty(m, w.shape[0]) for w in ws]

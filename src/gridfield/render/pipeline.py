@@ -112,7 +112,7 @@ def render_rays(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyGrid |
 
 @torch.no_grad()
 def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyGrid | None, aabb: Tensor,
-                     settings: RenderSettings, round_samples: int = 4, max_round_samples: int = 64,
+                     settings: RenderSettings, round_samples: int = 4, max_round_samples: int = 32,
                      t_min: float = 1e-4) -> dict[str, Tensor]:
     """Render rays without gradients, in rounds: each round marches every live ray up to its next
     ``round_samples`` occupied samples (doubling each round, at most ``max_round_samples``), shades them and

@@ -17,7 +17,8 @@
 //   Backward: dL/dtau_i = (g_alpha_i + g_w_i T_i) exp(-tau_i) - sum_{j>i} (g_w_j w_j + g_T_j T_j),
 //   dL/dsigma_i = dL/dtau_i (t1_i - t0_i), the suffix sum in double.
 //
-// mlp_forward / mlp_backward: the colour MLP in row chunks, whole chunks per thread.
+// mlp_forward / mlp_backward: the colour MLP in row chunks, whole chunks per thread (inference: the output
+//   alone, hidden activations in per-thread scratch).
 //
 // Parallelism: at::parallel_for (torch's thread pool: torch.set_num_threads applies). Python-side
 // signatures: gridfield/fast/render.py and gridfield/fields/radiance.py; a CUDA version would take the
@@ -323,24 +324,33 @@ torch::Tensor weights_backward(torch::Tensor g_w, torch::Tensor g_T, torch::Tens
 // instead of one parallel region per layer and chunk. Backward: per-thread weight/bias gradient
 // partials, summed in thread order at the end (deterministic for a given thread count).
 
+// keep_hidden = false (inference): only the output is returned; each thread keeps the hidden activations of
+// its chunk in a scratch buffer of its own instead of writing (and faulting in) [M, width] tensors.
 std::vector<torch::Tensor> mlp_forward(torch::Tensor x, std::vector<torch::Tensor> ws, std::vector<torch::Tensor> bs,
-                                       int64_t chunk) {
+                                       int64_t chunk, bool keep_hidden) {
   check_cpu_float(x, "x");
+  x = x.detach();  // the GEMMs write into their outputs (no autograd here; the caller's Function has it)
   const int64_t L = static_cast<int64_t>(ws.size()), M = x.size(0);
   TORCH_CHECK(L >= 1 && static_cast<int64_t>(bs.size()) == L && chunk >= 1, "render.mlp_forward: bad layers");
   std::vector<torch::Tensor> acts, wt;
   for (int64_t i = 0; i < L; ++i) {
-    acts.push_back(torch::empty({M, ws[i].size(0)}, x.options()));
+    if (keep_hidden || i == L - 1) acts.push_back(torch::empty({M, ws[i].size(0)}, x.options()));
     wt.push_back(ws[i].detach().t());
     bs[i] = bs[i].detach();
   }
+  torch::Tensor& output = acts.back();
   const int64_t nc = (M + chunk - 1) / chunk;
   at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+    std::vector<torch::Tensor> scratch;
+    if (!keep_hidden)
+      for (int64_t i = 0; i + 1 < L; ++i) scratch.push_back(torch::empty({chunk, ws[i].size(0)}, x.options()));
     for (int64_t c = cb; c < ce; ++c) {
       const int64_t s = c * chunk, e = std::min(M, s + chunk);
       torch::Tensor h = x.slice(0, s, e);
       for (int64_t i = 0; i < L; ++i) {
-        torch::Tensor out = acts[i].slice(0, s, e);
+        torch::Tensor out = i == L - 1 ? output.slice(0, s, e)
+                            : keep_hidden ? acts[i].slice(0, s, e)
+                                          : scratch[i].slice(0, 0, e - s);
         at::addmm_out(out, bs[i], h, wt[i]);
         if (i < L - 1) out.clamp_min_(0);
         h = out;
@@ -406,6 +416,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("march", &march, "packed samples (ray_indices, t_starts, t_ends) and steps considered per ray");
   m.def("weights_forward", &weights_forward, "(w, T, alpha) per sample");
   m.def("weights_backward", &weights_backward, "grad sigmas");
-  m.def("mlp_forward", &mlp_forward, "activations of every layer (ReLU applied to hidden ones)");
+  m.def("mlp_forward", &mlp_forward, "activations of every layer (ReLU applied to hidden ones), or the output alone");
   m.def("mlp_backward", &mlp_backward, "[gW_i, gb_i]* + [g_feat]");
 }
