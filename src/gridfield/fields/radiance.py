@@ -217,17 +217,25 @@ def _mlp_inference(feat: Tensor, extra: Tensor, chunk: int, backend: str, params
     are kept (the C++ loop keeps each chunk's in per-thread scratch)."""
     x = _mlp_input(feat, extra).detach()
     ws, bs = [w.detach() for w in params[0::2]], [b.detach() for b in params[1::2]]
-    mod = fast_render.module(backend, x)
+    return _mlp_forward(fast_render.module(backend, x), x, ws, bs, chunk, keep_hidden=False)[-1]
+
+
+def _mlp_forward(mod, x: Tensor, ws, bs, chunk: int, keep_hidden: bool) -> list[Tensor]:
+    """Every layer's activations (ReLU applied to the hidden ones) with ``keep_hidden``, else ``[output]``:
+    the C++ ``mlp_forward`` of ``mod``, or its plain-PyTorch twin (a chunk loop) when ``mod`` is None."""
     if mod is not None:
-        return mod.mlp_forward(x, ws, bs, chunk, False)[0]
-    out = x.new_empty(x.shape[0], ws[-1].shape[0])
-    for s in range(0, x.shape[0], chunk):
+        return mod.mlp_forward(x, list(ws), list(bs), chunk, keep_hidden)
+    m, last = x.shape[0], len(ws) - 1
+    acts = [x.new_empty(m, w.shape[0]) for w in ws[:last]] if keep_hidden else []
+    out = x.new_empty(m, ws[last].shape[0])
+    for s in range(0, m, chunk):
         h = x[s : s + chunk]
         for i, (w, b) in enumerate(zip(ws, bs)):
-            h = torch.addmm(b, h, w.t(), out=out[s : s + chunk] if i == len(ws) - 1 else None)
-            if i < len(ws) - 1:
+            dst = out[s : s + chunk] if i == last else acts[i][s : s + chunk] if keep_hidden else None
+            h = torch.addmm(b, h, w.t(), out=dst)
+            if i < last:
                 h.clamp_min_(0)
-    return out
+    return acts + [out]
 
 
 class _ChunkedMLP(torch.autograd.Function):
@@ -238,22 +246,9 @@ class _ChunkedMLP(torch.autograd.Function):
     def forward(ctx, feat, extra, chunk, backend, *params):
         x = _mlp_input(feat, extra).detach()  # may be feat itself: the kernels' GEMMs write into their outputs
         ws, bs = params[0::2], params[1::2]
-        m = x.shape[0]
         ctx.mod = mod = fast_render.module(backend, x)
         ctx.chunk, ctx.n_feat, ctx.n_layers = chunk, feat.shape[1], len(ws)
-        if mod is not None:
-            acts = mod.mlp_forward(x, list(ws), list(bs), chunk, True)
-            ctx.save_for_backward(x, *ws, *acts[:-1])
-            return acts[-1]
-        acts = [x.new_empty(m, w.shape[0]) for w in ws]
-        for s in range(0, m, chunk):
-            h = x[s : s + chunk]
-            for i, (w, b) in enumerate(zip(ws, bs)):
-                out = acts[i][s : s + chunk]
-                torch.addmm(b, h, w.t(), out=out)
-                if i < len(ws) - 1:
-                    out.clamp_min_(0)
-                h = out
+        acts = _mlp_forward(mod, x, ws, bs, chunk, keep_hidden=True)
         ctx.save_for_backward(x, *ws, *acts[:-1])
         return acts[-1]
 

@@ -93,13 +93,12 @@ def march_rays(origins: Tensor, dirs: Tensor, near: float, far: float, step: flo
         t0, t1 = unwarp_distance(u0, radius), unwarp_distance(u0 + step, radius)
     else:
         t0, t1 = u0, u0 + step
-    keep = inside.clone()
+    keep = inside
     if occupancy is not None:
         mid = u0 + 0.5 * step if contraction == "none" else 0.5 * (t0 + t1)
-        pts = origins[rays, None] + dirs[rays, None] * mid[..., None]
-        pts = pts.reshape(-1, 3)
-        keep &= occupancy.query(pts if contraction == "none" else contract(pts, contraction, radius)).reshape(
-            keep.shape)
+        pts = (origins[rays, None] + dirs[rays, None] * mid[..., None]).reshape(-1, 3)
+        pts = pts if contraction == "none" else contract(pts, contraction, radius)
+        keep = inside & occupancy.query(pts).reshape(inside.shape)
     if max_samples:
         keep, considered = _first_samples(keep, inside, max_samples)
     sel = torch.nonzero(keep)
