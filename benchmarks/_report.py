@@ -17,10 +17,17 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def machine() -> dict:
-    """Where and when the numbers were measured (:func:`gridfield.machine.describe` plus the date)."""
-    from gridfield.machine import describe
+    """Where and when the numbers were measured (:func:`gridfield.machine.describe` plus the date) and how fast
+    the machine was then (:func:`gridfield.machine.speed_probe`: matmul GFLOP/s and copy GB/s)."""
+    from gridfield.machine import describe, speed_probe
 
-    return {"date": _dt.date.today().isoformat(), **describe()}
+    return {"date": _dt.date.today().isoformat(), **describe(), "probe": speed_probe()}
+
+
+def probe_text(info: dict) -> str:
+    """``"probe 120 GFLOP/s, 11 GB/s"`` from :func:`machine`'s record ('' for records without a probe)."""
+    p = info.get("probe")
+    return f"probe {p['matmul_gflops']:.0f} GFLOP/s, {p['copy_gbps']:.0f} GB/s" if p else ""
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:

@@ -199,8 +199,28 @@ def render_video(args, run_dir: Path, name: str) -> dict:
     seconds = time.perf_counter() - t0
     rec = {**want, **res, "render_seconds": seconds, "seconds_per_frame": seconds / res["frames"],
            "target_seconds": 300.0, "target_met": seconds < 300.0 if args.video_frames >= 120 else None}
+    sheet = (args.out if args.quick else ROOT / "docs" / "figures") / f"{name}_orbit_frames.png"
+    rec["sheet"] = str(orbit_sheet(Path(res["out"]), sheet))
     record.write_text(json.dumps(rec, indent=2) + "\n")
     return rec
+
+
+def orbit_sheet(video: Path, out: Path, n: int = 8, cols: int = 4, width: int = 270) -> Path:
+    """A contact sheet of ``n`` evenly spaced frames of ``video`` (``cols`` per row, each ``width`` pixels
+    wide): what a reader looks at to judge the video without playing it."""
+    import imageio.v3 as iio
+    import numpy as np
+    from PIL import Image
+
+    frames = list(iio.imiter(video))
+    pick = [frames[i] for i in np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)]
+    h = round(pick[0].shape[0] * width / pick[0].shape[1])
+    tiles = [np.asarray(Image.fromarray(f[..., :3]).resize((width, h), Image.LANCZOS)) for f in pick]
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % cols)
+    rows = [np.concatenate(tiles[i : i + cols], 1) for i in range(0, len(tiles), cols)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(out, np.concatenate(rows, 0))
+    return out
 
 
 def curve_points(run_dir: Path, m: dict) -> list[tuple[float, float]]:

@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import ROOT, SHARED_DATA, machine, markdown_table, write_results  # noqa: E402
+from _report import ROOT, SHARED_DATA, machine, markdown_table, probe_text, write_results  # noqa: E402
 
 COLUMNS = ["model", "psnr", "ssim", "train_seconds", "steps", "rays_per_second", "eval_rays_per_second",
            "samples_per_ray", "params", "peak_rss_gib", "n_test_views"]
 CURVE_SECONDS = [30, 60, 120, 180, 300, 450, 600, 900, 1200]
 # the options of a run that must match for a finished run to be reused
-SAME = ("model", "resolution", "batch_rays", "downscale", "test_views", "curve_views")
+SAME = ("model", "resolution", "batch_rays", "downscale", "test_views", "curve_views", "lr_schedule")
 
 
 def command(args, model: str, out: Path, resume: bool) -> list[str]:
@@ -44,7 +44,7 @@ def command(args, model: str, out: Path, resume: bool) -> list[str]:
            "--model", model, "--resolution", str(args.resolution), "--batch-rays", str(args.batch_rays),
            "--downscale", str(args.downscale), "--steps", str(args.steps), "--time-budget", str(args.time_budget),
            "--save-renders", "8", "--turntable-frames", "0", "--curve-views", str(args.curve_views),
-           "--out", str(out), "--no-progress"]
+           "--lr-schedule", args.lr_schedule, "--out", str(out), "--no-progress"]
     if seconds:
         cmd += ["--curve-seconds", *[str(s) for s in seconds]]
     if args.test_views:
@@ -59,7 +59,9 @@ def finished(path: Path, args, model: str) -> dict | None:
     m = json.loads(path.read_text())
     c = m.get("config", {})
     want = {"model": model, "resolution": args.resolution, "batch_rays": args.batch_rays,
-            "downscale": args.downscale, "test_views": args.test_views, "curve_views": args.curve_views}
+            "downscale": args.downscale, "test_views": args.test_views, "curve_views": args.curve_views,
+            "lr_schedule": args.lr_schedule}
+    c = {"lr_schedule": "exp", **c}  # runs from before the option had the exponential decay
     same = all(c.get(k) == want[k] for k in SAME) and c.get("train", {}).get("time_budget") == args.time_budget
     return m if same else None
 
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-views", type=int, default=10, help="test views of the time-to-PSNR curve")
     ap.add_argument("--curve-seconds", type=float, nargs="+", default=CURVE_SECONDS)
     ap.add_argument("--downscale", type=int, default=1)
+    ap.add_argument("--lr-schedule", choices=["exp", "step"], default="exp",
+                    help="learning-rate decay (gridfield nerf --lr-schedule)")
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of each run")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_nerf_lego"))
     ap.add_argument("--no-write", action="store_true", help="print only; do not update results/docs")
@@ -162,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     md = (f"## NeRF-synthetic lego (novel view synthesis): {args.name}\n\n"
           f"{info['date']}, {info['cpu']} ({info['cores']} cores, {args.threads} threads per run, "
-          f"device {info['device']}); load average at start {load[0]:.1f}. 400x400 / downscale "
-          f"{args.downscale}, white background, {args.time_budget:.0f} s of training per model (the training "
-          f"clock; curve renders excluded), {args.batch_rays} rays per step, {rows[0]['n_test_views'] if rows else 0} "
-          f"test views for the final PSNR and SSIM (11x11 Gaussian, sigma 1.5; means over views). "
-          f"Peak RSS of each model's process. Script: `benchmarks/nerf_lego.py`.\n\n"
+          f"device {info['device']}; {probe_text(info)} after the runs); load average at start {load[0]:.1f}. "
+          f"400x400 / downscale {args.downscale}, white background, {args.time_budget:.0f} s of training per model "
+          f"(the training clock; curve renders excluded), {args.batch_rays} rays per step, "
+          f"{rows[0]['n_test_views'] if rows else 0} test views for the final PSNR and SSIM (11x11 Gaussian, "
+          f"sigma 1.5; means over views). Peak RSS of each model's process. Script: `benchmarks/nerf_lego.py`.\n\n"
           + markdown_table(rows, COLUMNS)
           + f"\n\nTime-to-PSNR on {args.curve_views} fixed test views (the first point at or after each time; the "
           f"last column is the final model): ![time to PSNR](figures/{fig.name})\n\n" + "\n".join(lines))

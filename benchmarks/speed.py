@@ -25,7 +25,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import machine, markdown_table, write_results  # noqa: E402
+from _report import machine, markdown_table, probe_text, write_results  # noqa: E402
 
 EXTENSIONS = {  # name -> module defining the extension's NAME and SOURCES
     "grid_encode": "gridfield.fast.grid_encode",
@@ -107,7 +107,8 @@ def main() -> None:
     md = (f"## Fast paths (`benchmarks/speed.py`)\n\n{m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
           f"{args.threads} thread(s) for both torch and the C++ kernels (NeRF: the threads column); "
           "eager and fast measured in the same process "
-          f"(ratios), median of repeats after a warm-up. Load average (1 min) at the end: {os.getloadavg()[0]:.1f}.\n")
+          f"(ratios), median of repeats after a warm-up. Load average (1 min) at the end: {os.getloadavg()[0]:.1f}; "
+          f"{probe_text(m)}.\n")
     titles = {"compile": "First use: building each C++ extension (fresh cache) and loading it cached",
               "grids": "Grid encodings, forward + backward (table gradients), and the eikonal double backward",
               "mulfa": "MulFAGrid forward + backward (features and kernel-network gradients)",

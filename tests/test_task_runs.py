@@ -104,3 +104,14 @@ def test_image_command_under_torchrun_two_ranks(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 30 and m["psnr"] > 15
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_nerf_lr_schedule_step_reaches_its_milestones(tmp_path, tiny_scene):
+    """--lr-schedule step: flat, then x0.33 at 50, 75 and 90% of the steps (the history's lr_grid)."""
+    assert main(_nerf(tiny_scene, tmp_path / "out", "--steps", "20", "--model", "hash", "--lr-grid", "0.01",
+                      "--lr-schedule", "step")) == 0
+    hist = json.loads((tmp_path / "out" / "history.json").read_text())
+    last = [r for r in hist if "lr_grid" in r][-1]
+    assert last["step"] == 20 and last["lr_grid"] == pytest.approx(0.01 * 0.33**3)
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["config"]["lr_schedule"] == "step"

@@ -11,7 +11,7 @@ import torch
 
 from _train_toy import ToyTask, flat
 from gridfield.errors import InputError
-from gridfield.training import DivergedError, Hook, TrainConfig, cosine, exponential, progress, train
+from gridfield.training import DivergedError, Hook, TrainConfig, cosine, exponential, multistep, progress, train
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,6 +24,10 @@ def test_progress_and_schedules():
     assert cosine(final=0.0)(0.5) == pytest.approx(0.5)
     assert cosine(final=0.01, warmup=0.1)(0.05) == pytest.approx(0.5)
     assert exponential(0.1)(0.5) == pytest.approx(0.1**0.5) and exponential(0.1)(1.0) == pytest.approx(0.1)
+    s = multistep((0.5, 0.75, 0.9), 0.33)  # Instant-NGP / nerfacc: flat, then x0.33 at each milestone
+    assert [s(p) for p in (0.0, 0.499, 0.5, 0.8, 0.95)] == pytest.approx([1, 1, 0.33, 0.33**2, 0.33**3])
+    w = multistep((0.5,), 0.1, warmup=0.2)  # linear warm-up from 1%
+    assert [w(0.0), w(0.1), w(0.2), w(0.6)] == pytest.approx([0.01, 0.505, 1.0, 0.1])
 
 
 def test_hook_order_and_lr_follow_the_schedule():

@@ -30,3 +30,26 @@ def describe(device: torch.device | str | None = None) -> dict:
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": name,
             "torch": torch.__version__, "python": platform.python_version(),
             "system": f"{platform.system()} {platform.release()}"}
+
+
+def speed_probe(seconds: float = 0.3) -> dict:
+    """How fast this machine is right now, in the current torch threads: float32 matmul GFLOP/s (1024^2) and
+    copy bandwidth GB/s (64 MiB, read + write), each the best of repeats over about ``seconds``. Shared
+    machines vary by day; a benchmark records this beside its timings so that days can be compared."""
+    import time
+
+    def best(fn, work: float) -> float:
+        fn()  # warm-up
+        rates, t_end = [], time.perf_counter() + seconds / 2
+        while not rates or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            fn()
+            rates.append(work / max(time.perf_counter() - t0, 1e-9))
+        return max(rates)
+
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    x = torch.empty(16 * 2**20)
+    y = torch.empty_like(x)
+    return {"matmul_gflops": round(best(lambda: a @ b, 2 * n**3) / 1e9, 1),
+            "copy_gbps": round(best(lambda: y.copy_(x), 2 * x.numel() * 4) / 1e9, 1)}

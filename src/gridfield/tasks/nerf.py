@@ -61,6 +61,9 @@ class NerfConfig:
     """Total-variation weight on the dense density grid (0: off)."""
     step_ratio: float = 0.5
     """Marching step in voxels of the (current) grid."""
+    lr_schedule: Literal["exp", "step"] = "exp"
+    """Learning-rate decay over the run's progress: exp (0.1^progress, DVGO) or step (flat, x0.33 at 50, 75
+    and 90%, Instant-NGP / nerfacc)."""
     occ_resolution: int = 128
     """Occupancy-grid resolution per axis."""
     occ_every: int = 16
@@ -210,7 +213,8 @@ def run(cfg: NerfConfig) -> dict:
                               contraction=cfg.contraction if contracted else "none", scene_radius=cfg.scene_radius,
                               ndc=scene.extra.get("ndc") if space == "ndc" else None)
     settings = replace(settings, step=step_size(field, spec, cfg.step_ratio, settings.step_unit))
-    opts = NerfSchedule(cfg.batch_rays, cfg.tv_weight, cfg.step_ratio, cfg.occ_every, cfg.occ_start, cfg.resolution)
+    opts = NerfSchedule(cfg.batch_rays, cfg.tv_weight, cfg.step_ratio, cfg.occ_every, cfg.occ_start, cfg.resolution,
+                        cfg.lr_schedule)
     config = config_dict(cfg)
     key = resume_key(config, ignore=("test_views", "save_renders", "turntable_frames", "curve_views",
                                      "curve_seconds"))

@@ -15,9 +15,9 @@ from gridfield.training.hooks import Hook, call_hooks
 from gridfield.training.loop import DivergedError, TrainResult, TrainTask, train
 from gridfield.training.resume import state_path_for
 from gridfield.training.runtime import make_optimizer, resolve_device, seed_everything
-from gridfield.training.schedule import cosine, exponential, progress
+from gridfield.training.schedule import cosine, exponential, multistep, progress
 
 __all__ = ["DivergedError", "Hook", "Nested", "TrainConfig", "TrainResult", "TrainTask", "call_hooks",
            "check_options", "check_train_config", "config_dict", "cosine", "exponential", "finite",
-           "make_optimizer", "progress", "resume_key", "resolve_device", "seed_everything", "state_path_for", "train",
-           "train_defaults"]
+           "make_optimizer", "multistep", "progress", "resume_key", "resolve_device", "seed_everything",
+           "state_path_for", "train", "train_defaults"]

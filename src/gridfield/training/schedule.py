@@ -35,3 +35,15 @@ def cosine(final: float = 0.01, warmup: float = 0.0) -> Schedule:
 def exponential(final: float = 0.1) -> Schedule:
     """``final ** p``: exponential decay from 1 to ``final`` (DVGO / Instant-NGP style)."""
     return lambda p: final ** min(1.0, p)
+
+
+def multistep(milestones: tuple[float, ...] = (0.5, 0.75, 0.9), gamma: float = 0.33,
+              warmup: float = 0.0) -> Schedule:
+    """Flat, times ``gamma`` at each progress milestone (Instant-NGP / nerfacc's step decay: x0.33 at
+    50, 75 and 90% of the run), after a linear warm-up from 1% over the first ``warmup`` of progress."""
+
+    def factor(p: float) -> float:
+        w = 0.01 + 0.99 * p / warmup if p < warmup else 1.0
+        return w * gamma ** sum(p >= m for m in milestones)
+
+    return factor
