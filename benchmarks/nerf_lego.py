@@ -10,6 +10,7 @@ Usage::
 
     python benchmarks/nerf_lego.py --models dense hash planes mulfagrid --time-budget 1200
     python benchmarks/nerf_lego.py --models dense hash --time-budget 120 --test-views 10 --name quick
+    python benchmarks/nerf_lego.py --models hash --time-budget 300 --lr-schedule step --no-write --out /tmp/step
 
 Resumable per model: a model whose run finished (``OUT/MODEL/metrics.json`` with the same settings)
 is not run again, an interrupted one continues from its saved training state. Writes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -36,8 +37,6 @@ def speed_probe(seconds: float = 0.3) -> dict:
     """How fast this machine is right now, in the current torch threads: float32 matmul GFLOP/s (1024^2) and
     copy bandwidth GB/s (64 MiB, read + write), each the best of repeats over about ``seconds``. Shared
     machines vary by day; a benchmark records this beside its timings so that days can be compared."""
-    import time
-
     def best(fn, work: float) -> float:
         fn()  # warm-up
         rates, t_end = [], time.perf_counter() + seconds / 2

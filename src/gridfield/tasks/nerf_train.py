@@ -24,6 +24,7 @@ from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.pipeline import RenderSettings, render_camera, render_rays
 from gridfield.render.rays import Intrinsics, rays_from_pixels
 from gridfield.training import TrainConfig, TrainTask, distributed, exponential, multistep, train
+from gridfield.training.schedule import Schedule
 
 REFITS = (0.1, 0.2, 0.3)  # progress at which dense grids double their voxel count (3 times, from 1/8)
 CURVE_SECONDS = (30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0)  # time-to-PSNR points
@@ -51,7 +52,7 @@ class NerfSchedule:
     lr_schedule: str = "exp"
 
 
-def lr_schedule(name: str):
+def lr_schedule(name: str) -> Schedule:
     """The learning-rate schedule ``name``: ``exp`` (``0.1^progress``, DVGO) or ``step`` (flat, x0.33 at 50, 75
     and 90% of the run, Instant-NGP / nerfacc)."""
     if name == "exp":
