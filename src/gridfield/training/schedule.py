@@ -37,10 +37,9 @@ def exponential(final: float = 0.1) -> Schedule:
     return lambda p: final ** min(1.0, p)
 
 
-def multistep(milestones: tuple[float, ...] = (0.5, 0.75, 0.9), gamma: float = 0.33,
-              warmup: float = 0.0) -> Schedule:
-    """Flat, times ``gamma`` at each progress milestone (Instant-NGP / nerfacc's step decay: x0.33 at
-    50, 75 and 90% of the run), after a linear warm-up from 1% over the first ``warmup`` of progress."""
+def multistep(milestones: tuple[float, ...], gamma: float, warmup: float = 0.0) -> Schedule:
+    """Flat, times ``gamma`` at each progress milestone (Instant-NGP / nerfacc's step decay is x0.33 at
+    0.5, 0.75 and 0.9), after a linear warm-up from 1% over the first ``warmup`` of progress."""
 
     def factor(p: float) -> float:
         w = 0.01 + 0.99 * p / warmup if p < warmup else 1.0
