@@ -527,6 +527,7 @@ for opt, vals in {"--steps": ["0"], "--time-budget": [INF, "0"], "--lr-grid": ["
                   "--batch-rays": ["0", "-5"], "--test-views": ["0"], "--resolution": ["2"],
                   "--occ-resolution": ["0"], "--occ-every": ["0"], "--occ-start": ["-1"],
                   "--step-ratio": [NAN, "0"], "--aabb-scale": [INF, "-1"], "--tv-weight": ["-1", NAN],
+                  "--distortion-weight": ["-1", INF],
                   "--alpha-init": ["0", "1", NAN], "--downscale": ["0"], "--save-renders": ["-1"],
                   "--turntable-frames": ["-1"]}.items():
     for v in vals:

@@ -7,6 +7,7 @@ from gridfield.render.marching import march_rays
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.volrend import (
     accumulate_along_rays,
+    distortion_loss,
     exclusive_sum,
     pack,
     render_transmittance_from_alpha,
@@ -189,3 +190,56 @@ def test_render_pipeline_closed_form_and_early_termination():
     full = render_rays(_Fog(40.0), o, d, None, aabb, s, stratified=False)
     assert thick["n_samples"] < full["n_samples"]
     torch.testing.assert_close(thick["rgb"], full["rgb"], atol=2e-3, rtol=0)
+
+
+def _distortion_double_sum(w, s0, s1):
+    """Mip-NeRF 360's eq. 15 as written: the double sum over sample pairs, one ray ``[S]`` at a time."""
+    m = 0.5 * (s0 + s1)
+    return (w[:, None] * w[None, :] * (m[:, None] - m[None, :]).abs()).sum() + (w.square() * (s1 - s0)).sum() / 3
+
+
+def test_distortion_loss_closed_forms_double_sum_and_packed_layout():
+    # one sample of weight 1 over [0.2, 0.5]: only the self term, 0.3 / 3; two samples: 2 a b |m1 - m2| + ...
+    one = distortion_loss(torch.tensor([[1.0]]), torch.tensor([[0.2]]), torch.tensor([[0.5]]))
+    torch.testing.assert_close(one, torch.tensor([0.1]))
+    two = distortion_loss(torch.tensor([[0.3, 0.6]]), torch.tensor([[0.0, 0.5]]), torch.tensor([[0.1, 0.7]]))
+    torch.testing.assert_close(two, torch.tensor([2 * 0.3 * 0.6 * 0.55 + (0.09 * 0.1 + 0.36 * 0.2) / 3]))
+    g = torch.Generator().manual_seed(3)
+    R, S = 6, 11
+    lengths = torch.tensor([11, 0, 4, 7, 1, 9])
+    mask = torch.arange(S)[None] < lengths[:, None]
+    dt = torch.rand(R, S, generator=g) * 0.1
+    s0 = torch.cumsum(dt, -1) - dt + torch.rand(R, 1, generator=g)  # sorted, gaps allowed
+    s0 = s0 + torch.cumsum(torch.rand(R, S, generator=g) * 0.05, -1)
+    s1 = s0 + dt
+    w = (torch.rand(R, S, generator=g) * mask).requires_grad_()
+    padded = distortion_loss(w, s0, s1)
+    expect = torch.stack([_distortion_double_sum(w[r], s0[r], s1[r]) for r in range(R)])
+    torch.testing.assert_close(padded, expect, rtol=1e-5, atol=1e-6)
+    ri, wp, a, b = pack(mask, w, s0, s1)
+    packed = distortion_loss(wp, a, b, ri, R)
+    torch.testing.assert_close(packed, expect, rtol=1e-5, atol=1e-6)
+    cot = torch.randn(R, generator=g)
+    (g_ref,) = torch.autograd.grad(expect, w, cot)
+    (g_packed,) = torch.autograd.grad(packed, w, cot)
+    torch.testing.assert_close(g_packed[mask], g_ref[mask], rtol=1e-5, atol=1e-6)  # padding is not a sample
+    # the same weight spread along the ray costs more than concentrated in one sample
+    spread = distortion_loss(torch.full((1, 4), 0.25), s0[:1, :4], s1[:1, :4])
+    one_spot = distortion_loss(torch.tensor([[0.0, 1.0, 0.0, 0.0]]), s0[:1, :4], s1[:1, :4])
+    assert one_spot < spread
+
+
+def test_render_pipeline_distortion_of_uniform_fog_closed_form():
+    from gridfield.render.pipeline import RenderSettings, render_rays
+
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    s = RenderSettings(near=0.0, far=10.0, step=0.25, weight_threshold=0.0)
+    o, d = torch.tensor([[-3.0, 0.2, 0.1]]), torch.tensor([[1.0, 0, 0]])
+    out = render_rays(_Fog(0.7), o, d, None, aabb, s, stratified=False, distortion=True)
+    # the chord x in [-1, 1] is t in [2, 4]: 8 steps of 0.25, weights exp(-0.175 i) (1 - exp(-0.175))
+    i = torch.arange(8, dtype=torch.float64)
+    w = torch.exp(-0.175 * i) * (1 - torch.exp(torch.tensor(-0.175, dtype=torch.float64)))
+    s0 = (2.0 + 0.25 * i) / 10.0  # normalised by far - near
+    expect = _distortion_double_sum(w, s0, s0 + 0.025)
+    torch.testing.assert_close(out["distortion"].double(), expect[None], rtol=1e-4, atol=1e-6)
+    assert "distortion" not in render_rays(_Fog(0.7), o, d, None, aabb, s, stratified=False)

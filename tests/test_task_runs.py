@@ -115,3 +115,17 @@ def test_nerf_lr_schedule_step_reaches_its_milestones(tmp_path, tiny_scene):
     assert last["step"] == 20 and last["lr_grid"] == pytest.approx(0.01 * 0.33**3)
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["config"]["lr_schedule"] == "step"
+
+
+def test_nerf_distortion_weight_enters_the_loss(tmp_path, tiny_scene):
+    """--distortion-weight: the history's loss is the squared error (from train_psnr) plus the weighted
+    distortion loss, which is positive wherever a ray has weight; with weight 0 the two are equal."""
+    def loss_minus_mse(out, *extra):
+        assert main(_nerf(tiny_scene, out, "--steps", "20", "--model", "hash", *extra)) == 0
+        row = [r for r in json.loads((out / "history.json").read_text()) if "loss" in r][-1]
+        return row["loss"] - 10 ** (-row["train_psnr"] / 10)
+
+    assert loss_minus_mse(tmp_path / "off") == pytest.approx(0.0, abs=1e-6)
+    assert loss_minus_mse(tmp_path / "on", "--distortion-weight", "1.0") > 1e-4
+    m = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert m["config"]["distortion_weight"] == 1.0

@@ -28,7 +28,7 @@ from gridfield.render.marching import march_rays, ray_bounds
 from gridfield.render.occupancy import OccupancyGrid
 from gridfield.render.rays import camera_rays
 from gridfield.render.spaces import contract, ndc_rays, warp_distance
-from gridfield.render.volrend import accumulate_along_rays, render_weight_from_density
+from gridfield.render.volrend import accumulate_along_rays, distortion_loss, render_weight_from_density
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,16 @@ def _background(field, viewdirs: Tensor, s: RenderSettings) -> Tensor:
     return bg if bg is not None else torch.tensor(s.background, dtype=viewdirs.dtype, device=viewdirs.device)
 
 
-def _shade(field, origins, dirs, viewdirs, ray_idx, t0, t1, n_rays, s: RenderSettings, trans_in=None):
-    """Packed samples -> per-ray rgb sum, opacity, depth sum and per-sample transmittance."""
+def distance_span(s: RenderSettings) -> float:
+    """The length of a ray's marched range in the distances volume rendering integrates over: ``2 radius``
+    of warped distance in contracted space, else ``far - near`` (NDC: the segment's parameter range)."""
+    return 2 * s.scene_radius if s.contraction != "none" else s.far - s.near
+
+
+def _shade(field, origins, dirs, viewdirs, ray_idx, t0, t1, n_rays, s: RenderSettings, trans_in=None,
+           distortion: bool = False):
+    """Packed samples -> per-ray rgb sum, opacity, depth sum, per-sample transmittance and (``distortion``)
+    the per-ray distortion loss over distances normalised by :func:`distance_span` (else None)."""
     with record_function("density"):
         mid = 0.5 * (t0 + t1)
         x = origins[ray_idx] + dirs[ray_idx] * mid[:, None]
@@ -88,26 +96,36 @@ def _shade(field, origins, dirs, viewdirs, ray_idx, t0, t1, n_rays, s: RenderSet
             w = w * trans_in[ray_idx]
         keep = (w > s.weight_threshold).detach()
         ki = torch.nonzero(keep)[:, 0]
+        span = distance_span(s)
+        dist = distortion_loss(w, t0 / span, t1 / span, ray_idx, n_rays) if distortion else None
     with record_function("color"):
         rgb = field.color(x[ki], viewdirs[ray_idx[ki]], None if geo is None else geo[ki])
     with record_function("accumulate"):
         rgb_sum = accumulate_along_rays(w[ki], rgb, ray_idx[ki], n_rays)
         opacity = accumulate_along_rays(w, None, ray_idx, n_rays)[:, 0]
         depth_sum = accumulate_along_rays(w, mid[:, None], ray_idx, n_rays)[:, 0]
-    return rgb_sum, opacity, depth_sum, trans * (1 - alpha)
+    return rgb_sum, opacity, depth_sum, trans * (1 - alpha), dist
 
 
 def render_rays(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyGrid | None, aabb: Tensor,
-                settings: RenderSettings, stratified: bool = True) -> dict[str, Tensor]:
-    """Differentiable render of rays ``[N, 3]`` (unit directions) in one packed pass (training)."""
+                settings: RenderSettings, stratified: bool = True, distortion: bool = False) -> dict[str, Tensor]:
+    """Differentiable render of rays ``[N, 3]`` (unit directions) in one packed pass (training).
+
+    ``distortion``: also return ``distortion [N]``, Mip-NeRF 360's distortion loss of each ray
+    (:func:`~gridfield.render.volrend.distortion_loss` over distances normalised by :func:`distance_span`).
+    """
     n = origins.shape[0]
     o, d = _space_rays(origins, dirs, settings)
     with record_function("march"):
         ray_idx, t0, t1 = _march(o, d, aabb, occupancy, settings, stratified=stratified)
-    rgb_sum, opacity, depth_sum, _ = _shade(field, o, d, dirs, ray_idx, t0, t1, n, settings)
+    rgb_sum, opacity, depth_sum, _, dist = _shade(field, o, d, dirs, ray_idx, t0, t1, n, settings,
+                                                  distortion=distortion)
     bg = _background(field, dirs, settings)
-    return {"rgb": rgb_sum + (1 - opacity)[:, None] * bg, "opacity": opacity,
-            "depth": depth_sum / opacity.clamp_min(1e-6), "n_samples": torch.tensor(ray_idx.numel())}
+    out = {"rgb": rgb_sum + (1 - opacity)[:, None] * bg, "opacity": opacity,
+           "depth": depth_sum / opacity.clamp_min(1e-6), "n_samples": torch.tensor(ray_idx.numel())}
+    if distortion:
+        out["distortion"] = dist
+    return out
 
 
 @torch.no_grad()
@@ -135,7 +153,7 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
                                         max_samples=k)
         total += ray_idx.numel()
         if ray_idx.numel() > 0:
-            rs, op, ds, _ = _shade(field, o, d, views[active], ray_idx, t0, t1, active.numel(), settings,
+            rs, op, ds, _, _ = _shade(field, o, d, views[active], ray_idx, t0, t1, active.numel(), settings,
                                    trans[active])
             rgb[active] += rs
             opacity[active] += op

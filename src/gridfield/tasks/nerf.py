@@ -59,6 +59,10 @@ class NerfConfig:
     """Opacity per marching step of the untrained field (default: the model's)."""
     tv_weight: float = 0.0
     """Total-variation weight on the dense density grid (0: off)."""
+    distortion_weight: float = 0.0
+    """Weight of Mip-NeRF 360's distortion loss (mean over the batch's rays; distances normalised to the
+    marched range): pulls each ray's weight into one short interval, against floaters and fog in captures.
+    0: off. Mip-NeRF 360 uses 0.01."""
     step_ratio: float = 0.5
     """Marching step in voxels of the (current) grid."""
     lr_schedule: Literal["exp", "step"] = "exp"
@@ -117,6 +121,8 @@ def _check(cfg: NerfConfig) -> None:
                    "finite and > 0"),
                   ("--far", cfg.far, finite(cfg.far) and cfg.far > cfg.scene_radius, "finite and > --scene-radius"),
                   ("--tv-weight", cfg.tv_weight, finite(cfg.tv_weight) and cfg.tv_weight >= 0, "finite and >= 0"),
+                  ("--distortion-weight", cfg.distortion_weight,
+                   finite(cfg.distortion_weight) and cfg.distortion_weight >= 0, "finite and >= 0"),
                   ("--alpha-init", cfg.alpha_init, cfg.alpha_init is None or 0 < cfg.alpha_init < 1, "in (0, 1)"),
                   ("--downscale", cfg.downscale, cfg.downscale >= 1, ">= 1"),
                   ("--test-every", cfg.test_every, cfg.test_every >= 2, ">= 2"),
@@ -214,7 +220,7 @@ def run(cfg: NerfConfig) -> dict:
                               ndc=scene.extra.get("ndc") if space == "ndc" else None)
     settings = replace(settings, step=step_size(field, spec, cfg.step_ratio, settings.step_unit))
     opts = NerfSchedule(cfg.batch_rays, cfg.tv_weight, cfg.step_ratio, cfg.occ_every, cfg.occ_start, cfg.resolution,
-                        cfg.lr_schedule)
+                        cfg.lr_schedule, cfg.distortion_weight)
     config = config_dict(cfg)
     key = resume_key(config, ignore=("test_views", "save_renders", "turntable_frames", "curve_views",
                                      "curve_seconds"))

@@ -4,7 +4,8 @@
 every ``occ_every`` steps and dense grids are refit at the progress milestones :data:`REFITS`
 (higher resolution, box shrunk to the occupied cells; the spec is replaced by
 :meth:`~gridfield.presets.specs.RadianceSpec.refit`); the step renders packed samples and takes the
-squared error. Learning rates decay as ``0.1^progress`` or in Instant-NGP's steps (:func:`lr_schedule`;
+squared error (plus, optionally, Mip-NeRF 360's distortion loss against floaters and a total variation of
+the dense density grid). Learning rates decay as ``0.1^progress`` or in Instant-NGP's steps (:func:`lr_schedule`;
 fused Adam).
 """
 
@@ -50,6 +51,7 @@ class NerfSchedule:
     occ_start: int = 32
     resolution: int = 128
     lr_schedule: str = "exp"
+    distortion_weight: float = 0.0
 
 
 def lr_schedule(name: str) -> Schedule:
@@ -120,12 +122,14 @@ class NerfTask(TrainTask):
         idx = torch.randint(self.n * self.h * self.w, (n,), generator=gen)[info.shard(n)].to(dev)
         img, pix = idx // (self.h * self.w), idx % (self.h * self.w)
         o, d = rays_from_pixels(self.c2w[img], self.K, pix % self.w, pix // self.w, frames=img)
-        out = render_rays(self.module, o, d, self.occ, self.module.aabb, self.settings, stratified=True)
+        dw, tv = self.opts.distortion_weight, self.opts.tv_weight
+        out = render_rays(self.module, o, d, self.occ, self.module.aabb, self.settings, stratified=True,
+                          distortion=dw > 0)
         mse = (out["rgb"] - self.pixels[idx]).square().mean()
         self.samples += out["n_samples"].cpu()
         self.last_mse = mse.detach()
-        tv = self.opts.tv_weight
-        return (mse + tv * total_variation(self.module.density_grid) if tv > 0 else mse), {"mse": self.last_mse}
+        loss = mse + dw * out["distortion"].mean() if dw > 0 else mse
+        return (loss + tv * total_variation(self.module.density_grid) if tv > 0 else loss), {"mse": self.last_mse}
 
     def evaluate(self, step: int) -> dict[str, Any]:
         mse = float(self.last_mse)
