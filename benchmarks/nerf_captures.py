@@ -200,20 +200,24 @@ def render_video(args, run_dir: Path, name: str) -> dict:
     rec = {**want, **res, "render_seconds": seconds, "seconds_per_frame": seconds / res["frames"],
            "target_seconds": 300.0, "target_met": seconds < 300.0 if args.video_frames >= 120 else None}
     sheet = (args.out if args.quick else ROOT / "docs" / "figures") / f"{name}_orbit_frames.png"
-    rec["sheet"] = str(orbit_sheet(Path(res["out"]), sheet))
+    rec["sheet"] = str(orbit_sheet(Path(res["out"]), sheet, frames=res["frames"]))
     record.write_text(json.dumps(rec, indent=2) + "\n")
     return rec
 
 
-def orbit_sheet(video: Path, out: Path, n: int = 8, cols: int = 4, width: int = 270) -> Path:
+def orbit_sheet(video: Path, out: Path, n: int = 8, cols: int = 4, width: int = 270, frames: int | None = None
+                ) -> Path:
     """A contact sheet of ``n`` evenly spaced frames of ``video`` (``cols`` per row, each ``width`` pixels
-    wide): what a reader looks at to judge the video without playing it."""
+    wide): what a reader looks at to judge the video without playing it. The video is streamed and only the
+    picked frames are kept; ``frames`` (the video's frame count, when the caller knows it) saves a counting
+    pass."""
     import imageio.v3 as iio
     import numpy as np
     from PIL import Image
 
-    frames = list(iio.imiter(video))
-    pick = [frames[i] for i in np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)]
+    total = frames if frames is not None else sum(1 for _ in iio.imiter(video))
+    want = set(np.linspace(0, total - 1, min(n, total)).round().astype(int).tolist())
+    pick = [f for i, f in enumerate(iio.imiter(video)) if i in want]
     h = round(pick[0].shape[0] * width / pick[0].shape[1])
     tiles = [np.asarray(Image.fromarray(f[..., :3]).resize((width, h), Image.LANCZOS)) for f in pick]
     tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % cols)

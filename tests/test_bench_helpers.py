@@ -34,6 +34,8 @@ def test_orbit_sheet_tiles_evenly_spaced_frames(tmp_path):
     centres = [sheet[16 + 32 * (i // 3), 8 + 16 * (i % 3), 0] for i in range(6)]
     picked = colours[[0, 3, 6, 9]]  # frames 0, 3, 6 and 9 of 10
     assert np.abs(np.array(centres[:4], int) - picked).max() <= 2 and centres[4] == centres[5] == 255
+    known = nerf_captures.orbit_sheet(tmp_path / "v.gif", tmp_path / "known.png", n=4, cols=3, width=16, frames=10)
+    assert np.array_equal(iio.imread(known), sheet)  # the caller's frame count picks the same frames
 
 
 def test_nerf_lego_reuses_a_run_only_with_its_schedule(tmp_path):
