@@ -96,8 +96,10 @@ def _shade(field, origins, dirs, viewdirs, ray_idx, t0, t1, n_rays, s: RenderSet
             w = w * trans_in[ray_idx]
         keep = (w > s.weight_threshold).detach()
         ki = torch.nonzero(keep)[:, 0]
-        span = distance_span(s)
-        dist = distortion_loss(w, t0 / span, t1 / span, ray_idx, n_rays) if distortion else None
+        dist = None
+        if distortion:
+            span = distance_span(s)
+            dist = distortion_loss(w, t0 / span, t1 / span, ray_idx, n_rays)
     with record_function("color"):
         rgb = field.color(x[ki], viewdirs[ray_idx[ki]], None if geo is None else geo[ki])
     with record_function("accumulate"):
@@ -154,7 +156,7 @@ def render_rays_eval(field, origins: Tensor, dirs: Tensor, occupancy: OccupancyG
         total += ray_idx.numel()
         if ray_idx.numel() > 0:
             rs, op, ds, _, _ = _shade(field, o, d, views[active], ray_idx, t0, t1, active.numel(), settings,
-                                   trans[active])
+                                      trans[active])
             rgb[active] += rs
             opacity[active] += op
             depth[active] += ds
