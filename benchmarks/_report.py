@@ -24,6 +24,14 @@ def machine() -> dict:
     return {"date": _dt.date.today().isoformat(), **describe(), "probe": speed_probe()}
 
 
+def lego_present(scene: Path) -> bool:
+    """Whether the NeRF-synthetic scene ``scene`` is there; if not, say that the benchmark skips it."""
+    if (Path(scene) / "transforms_train.json").is_file():
+        return True
+    print(f"skipping: lego scene not found at {scene}")
+    return False
+
+
 def probe_text(info: dict) -> str:
     """``"probe 120 GFLOP/s, 11 GB/s"`` from :func:`machine`'s record ('' for records without a probe)."""
     p = info.get("probe")

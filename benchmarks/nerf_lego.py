@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import ROOT, SHARED_DATA, machine, markdown_table, probe_text, write_results  # noqa: E402
+from _report import ROOT, SHARED_DATA, lego_present, machine, markdown_table, probe_text, write_results  # noqa: E402
 
 COLUMNS = ["model", "psnr", "ssim", "train_seconds", "steps", "rays_per_second", "eval_rays_per_second",
-           "samples_per_ray", "params", "peak_rss_gib", "n_test_views"]
+           "samples_per_ray", "params", "peak_rss_gib", "n_test_views", "run_date"]
 CURVE_SECONDS = [30, 60, 120, 180, 300, 450, 600, 900, 1200]
 # the options of a run that must match for a finished run to be reused
 SAME = ("model", "resolution", "batch_rays", "downscale", "test_views", "curve_views", "lr_schedule")
@@ -143,15 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; do not update results/docs")
     ap.add_argument("--name", default="nerf_lego", help="results name (JSON file, figure and docs section)")
     args = ap.parse_args(argv)
-    if not (args.scene / "transforms_train.json").is_file():
-        print(f"skipping: lego scene not found at {args.scene}")
+    if not lego_present(args.scene):
         return 0
     args.out = args.out.resolve()
     load = os.getloadavg()
     rows, curves = [], {}
     for model in args.models:
         m = run_model(args, model)
-        rows.append({c: m.get(c) for c in COLUMNS})
+        rows.append({c: m.get(c) for c in COLUMNS} | {"run_date": str(m.get("date", ""))[:10]})  # a reused run: its own
         curves[model] = curve(args.out / model, m, args.curve_views)
         print(markdown_table(rows[-1:], COLUMNS), flush=True)
     info = machine()

@@ -33,10 +33,10 @@ COUNTS = [
     ("sdf", "mulfagrid", {}, 1_536_281), ("sdf", "mulfagrid-paper", {}, 1_536_281),
     ("sdf", "mulfagrid-dense", {}, 1_950_196), ("nerf", "mulfagrid-hash", {}, 12_210_419),
     ("nerf", "dense", {}, 3_413_635), ("nerf", "hash", {}, 12_205_795), ("nerf", "planes", {}, 844_691),
-    ("nerf", "mulfagrid", {}, 2_105_876),
+    ("nerf", "mulfagrid", {}, 7_085_748),
     ("nerf", "dense", {"appearance": "sh"}, 7_340_032), ("nerf", "hash", {"appearance": "sh"}, 12_200_172),
     ("nerf", "hash-small", {}, 3_406_419), ("nerf", "hash-large", {}, 42_292_947),
-    ("nerf", "planes", {"appearance": "sh"}, 839_516), ("nerf", "mulfagrid", {"appearance": "sh"}, 2_100_701),
+    ("nerf", "planes", {"appearance": "sh"}, 839_516), ("nerf", "mulfagrid", {"appearance": "sh"}, 7_080_573),
 ]
 #: analysis grids in 2D (grid features only) and 3D
 ANALYSIS_COUNTS = {"dense": (2688, 74_752), "hash": (1152, 1536), "planes": (224, 8064),

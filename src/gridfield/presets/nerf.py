@@ -12,7 +12,8 @@ Instant-NGP's unit cube (which holds 3 NeRF-synthetic units, so ``2048 * 2 s / 3
 (truncated exp), a colour MLP of 2 x 64 on the other 15 outputs and the degree-4 (16-coefficient)
 spherical-harmonics encoding of the view direction; Adam at 1e-2 for everything. ``hash-small``
 (2^17 rows) and ``hash-large`` (2^21 rows) change only the table size; ``mulfagrid-hash`` is the hash
-preset with a MulFA kernel on each level (``presets.image.MULFA_HASH_KERNEL``).
+preset with a MulFA kernel on each level (``presets.image.MULFA_HASH_KERNEL``). mulfagrid: one dense level
+of ``3 resolution / 4`` (96^3 at the default 128) with 8 features and the same 1-layer kernel.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def _grids(model: str, resolution: int, appearance: str, side: float
     if model == "planes":
         return (GridSpec("planes", {"resolutions": [resolution // 4, resolution], "features_per_level": 16,
                                     "aggregate": "product"}), None, 2e-2, 1e-2)
-    return GridSpec("mulfagrid", {"resolutions": [r0], "features_per_level": 8}), None, 2e-2, 1e-2
+    # one dense level of 3/4 the finest scale (96^3 at 128), 8 features, the image presets' 1-layer kernel:
+    # chosen on lego at 120 s (docs/nerf.md, "MulFAGrid preset")
+    return (GridSpec("mulfagrid", {"resolutions": [max(8, 3 * resolution // 4)], "features_per_level": 8,
+                                   **MULFA_HASH_KERNEL}), None, 2e-2, 1e-2)
 
 
 def model_spec(model: str, resolution: int = 128, appearance: str | None = None, aabb_scale: float = 1.5,
