@@ -141,7 +141,7 @@ def run(threads: int = 1, repeats: int = 7, n: int = N_POINTS) -> list[dict]:
 def hash_pairs() -> list[tuple[str, int, dict, dict, int]]:
     """``(label, dim, HashGrid kwargs, MulFAGrid kwargs, points)``: each task's hash preset beside the MulFAGrid
     preset on the same levels (equal parameters up to the kernels, at most 1%), and NeRF's ``mulfagrid`` preset
-    (one dense level, 7.1M parameters) beside NeRF's hash preset (12.2M): the pair ``gridfield nerf`` trains."""
+    (one dense level) beside NeRF's hash preset (not equal parameters): the pair ``gridfield nerf`` trains."""
     from gridfield import presets
 
     out = []
@@ -153,7 +153,8 @@ def hash_pairs() -> list[tuple[str, int, dict, dict, int]]:
     nerf_h = dict(presets.get("nerf", "hash").density.kwargs)
     out.append(("nerf presets (density grid, dim 3)", 3, nerf_h, nerf_m, 1 << 16))
     nerf_dense = dict(presets.get("nerf", "mulfagrid").density.kwargs)
-    out.append(("nerf mulfagrid preset (dense 96^3 F=8, dim 3) vs nerf hash", 3, nerf_h, nerf_dense, 1 << 16))
+    r, f = nerf_dense["resolutions"][0], nerf_dense["features_per_level"]
+    out.append((f"nerf mulfagrid preset (dense {r}^3 F={f}, dim 3) vs nerf hash", 3, nerf_h, nerf_dense, 1 << 16))
     return out
 
 

@@ -9,8 +9,8 @@ Usage::
     python benchmarks/mulfagrid_nerf_presets.py --time-budget 120 --test-views 4
     python benchmarks/mulfagrid_nerf_presets.py --variants k1 k1-r96 --no-write
 
-Resumable: a variant whose run finished (``OUT/VARIANT/metrics.json`` with the same budget and views) is
-reused. Writes ``benchmarks/results/mulfagrid_nerf_presets.json`` and its section of
+Resumable: a variant whose run finished (``OUT/VARIANT/metrics.json`` with the same budget, views and grid)
+is reused. Writes ``benchmarks/results/mulfagrid_nerf_presets.json`` and its section of
 ``docs/benchmarks.md``. Skips (exit 0) without the scene.
 """
 
@@ -65,8 +65,9 @@ def run_variant(args, variant: str) -> dict:
     path = out / "metrics.json"
     if path.is_file():
         m = json.loads(path.read_text())
-        c = m.get("config", {})
-        if c.get("train", {}).get("time_budget") == args.time_budget and c.get("test_views") == args.test_views:
+        c, grid = m.get("config", {}), m.get("spec", {}).get("density", {}).get("kwargs")
+        same = c.get("train", {}).get("time_budget") == args.time_budget and c.get("test_views") == args.test_views
+        if same and grid == VARIANTS[variant]:  # the same budget, views and grid
             print(f"{variant}: reusing the finished run in {out}", flush=True)
             return m
     argv = ["gridfield", "nerf", str(args.scene), "--model", "mulfagrid", "--time-budget", str(args.time_budget),
