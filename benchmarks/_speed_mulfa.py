@@ -159,8 +159,8 @@ def hash_pairs() -> list[tuple[str, int, dict, dict, int]]:
 
 
 def versus_hash(threads: int = 1, repeats: int = 5) -> list[dict]:
-    """Fast forward + backward of each MulFAGrid preset and the hash preset on the same levels, interleaved in
-    one process; ``ratio`` = MulFAGrid / hash time (the issue's target: at most 2)."""
+    """Fast forward + backward of each pair of :func:`hash_pairs` (MulFAGrid, hash), interleaved in one process;
+    ``ratio`` = MulFAGrid / hash time (the issue's target, at equal parameters: at most 2)."""
     import torch
 
     from gridfield.grids import HashGrid, MulFAGrid

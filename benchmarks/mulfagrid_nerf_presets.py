@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED_DATA, lego_present, machine, markdown_table, probe_text, write_results  # noqa: E402
 
-K1 = {"frequencies": 2, "width": 16, "layers": 1}  # presets.image.MULFA_HASH_KERNEL
+# presets.image.MULFA_HASH_KERNEL as it was when searched, spelled out so that the recorded variants stay what ran
+K1 = {"frequencies": 2, "width": 16, "layers": 1}
 #: variant -> the MulFAGrid's kwargs (the kernel's defaults: 4 octaves, 3 layers of 16)
 VARIANTS = {
     "r64-default-kernel": {"resolutions": [64], "features_per_level": 8},  # the preset until 2026-12-08

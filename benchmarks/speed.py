@@ -113,7 +113,8 @@ def main() -> None:
               "grids": "Grid encodings, forward + backward (table gradients), and the eikonal double backward",
               "mulfa": "MulFAGrid forward + backward (features and kernel-network gradients)",
               "mulfa_vs_hash": "MulFAGrid presets vs the hash presets on the same levels (fast paths, forward + "
-                               "backward; target ratio <= 2)",
+                               "backward; target ratio <= 2), and NeRF's dense-layout MulFAGrid preset beside the NeRF "
+                               "hash grid (not equal parameters)",
               "nerf": "NeRF training throughput, lego 400x400, default model"}
     for name, rows in results.items():
         md += f"\n### {titles.get(name, name)}\n\n{table(rows)}\n"
